@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo  - creates .venv, installs fastconv, runs the demo
+#   make test  - creates .venv, installs fastconv with the test extras, runs pytest
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A change to any of these reinstalls (the CUDA extension is built at install time).
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*)
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m fastconv.demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info fastconv/_C*.so

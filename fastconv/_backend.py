@@ -1,0 +1,114 @@
+"""Which kernels run an op: the backend switch.
+
+Backends:
+  "torch"  eager PyTorch compositions: the reference, and what CPU tensors run on.
+  "triton" the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1).
+  "cuda"   the hand-written CUDA C++ kernels in csrc/ (CUDA tensors only).
+  "auto"   the default: the fastest backend that can run on the tensors' device.
+
+The choice is read when an op runs (not when it is traced), so a compiled graph
+follows `set_backend` like eager code does. A backend that cannot run raises; it
+never silently falls back to another.
+"""
+import contextlib
+import os
+import threading
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+_state = threading.local()
+_default = "auto"
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_problem():
+    """Why Triton cannot run here, or None."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:  # pragma: no cover - triton ships with CUDA torch builds
+        return f"triton is not installed ({e})"
+    return None
+
+
+def _cuda_problem():
+    """Why the CUDA C++ backend cannot run here, or None."""
+    from fastconv import _cuda
+
+    return _cuda.unavailable_reason()
+
+
+def available_backends() -> list:
+    """Backends that can run on this machine (for some device)."""
+    names = ["torch"]
+    if _triton_problem() is None and (torch.cuda.is_available() or _interpreting()):
+        names.append("triton")
+    if _cuda_problem() is None:
+        names.append("cuda")
+    return names
+
+
+def set_backend(name: str) -> None:
+    """Set the backend for this thread (and the default for new threads)."""
+    global _default
+    _check_name(name)
+    _state.name = name
+    _default = name
+
+
+def get_backend() -> str:
+    return getattr(_state, "name", _default)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops inside the block on backend `name`, then restore the previous one."""
+    _check_name(name)
+    previous = getattr(_state, "name", None)
+    _state.name = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _state.name
+        else:
+            _state.name = previous
+
+
+def _check_name(name):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+# The op whose CUDA C++ kernel measured faster than Triton on an H100; "auto" picks
+# "cuda" for these when the extension is available. Empty until measured
+# (bench/results/), so "auto" uses Triton for every op on CUDA tensors.
+CUDA_PREFERRED_OPS = frozenset()
+
+
+def resolve(device: torch.device, op: str) -> str:
+    """The backend that runs `op` on tensors of `device`; raises if the chosen one cannot."""
+    name = get_backend()
+    if name == "auto":
+        if device.type != "cuda":
+            return "torch"
+        if op in CUDA_PREFERRED_OPS and _cuda_problem() is None:
+            return "cuda"
+        name = "triton"
+    if name == "triton":
+        problem = _triton_problem()
+        if problem is None and device.type != "cuda" and not _interpreting():
+            problem = (f"Triton kernels need CUDA tensors (got {device.type} tensors); "
+                       "set TRITON_INTERPRET=1 before importing triton to run them on CPU")
+        if problem:
+            raise RuntimeError(f"fastconv backend 'triton' cannot run {op}: {problem}")
+    elif name == "cuda":
+        problem = _cuda_problem()
+        if problem is None and device.type != "cuda":
+            problem = f"it needs CUDA tensors (got {device.type} tensors)"
+        if problem:
+            raise RuntimeError(f"fastconv backend 'cuda' cannot run {op}: {problem}")
+    return name

@@ -1,0 +1,300 @@
+"""`python -m fastconv.bench`: every fused op against eager PyTorch and torch.compile.
+
+For each (op, shape, dtype) and provider it reports the median time, the
+achieved GB/s on the op's minimum traffic, the % of this card's measured copy
+bandwidth, TFLOP/s, the ratio against eager and against compile, and the max
+error against eager (a fast wrong kernel is a failure, not a result).
+
+Timing on a GPU: triton.testing.do_bench (median, L2 flushed before each call).
+Without a GPU: the torch backend against eager on the CPU (time.perf_counter
+medians), and the Triton kernels checked through the interpreter at small sizes.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+import torch.nn.functional as F  # noqa: E402
+
+import fastconv  # noqa: E402
+from fastconv import reference  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          "tf32": torch.float32}
+
+
+class Case:
+    """One op at one shape: inputs, the fastconv call, the eager pattern, and its
+    minimum DRAM traffic (every input read once, every output written once)."""
+
+    def __init__(self, op, label, make, ours, eager, min_bytes, flops=0):
+        self.op, self.label = op, label
+        self.make, self.ours, self.eager = make, ours, eager
+        self.min_bytes, self.flops = min_bytes, flops
+
+
+def _nhwc(shape, dtype, device):
+    return torch.randn(shape, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def conv_case(n, cin, hw, cout, stride, dtype, device, relu=True):
+    def make():
+        x = _nhwc((n, cin, hw, hw), dtype, device)
+        w = (torch.randn(cout, cin, 1, 1, device=device) / cin ** 0.5).to(dtype)
+        return x, w, torch.randn(cout, device=device).to(dtype)
+
+    def eager(x, w, b):
+        y = F.conv2d(x, w, b, stride)
+        return torch.relu(y) if relu else y
+
+    ohw = (hw - 1) // stride + 1
+    es = torch.finfo(dtype).bits // 8
+    return Case("conv1x1_relu" if relu else "conv1x1", f"{n}x{cin}x{hw}x{hw}->{cout}/s{stride}", make,
+                lambda x, w, b: fastconv.conv1x1_relu(x, w, b, stride, relu), eager,
+                es * (n * ohw * ohw * (cin + cout) + cout * cin + cout), 2 * n * ohw * ohw * cin * cout)
+
+
+def residual_case(n, c, hw, dtype, device):
+    def make():
+        return _nhwc((n, c, hw, hw), dtype, device), _nhwc((n, c, hw, hw), dtype, device)
+
+    def eager(x, r):  # what a torchvision block does: out += identity; relu(out)
+        return torch.relu(x + r)
+
+    es = torch.finfo(dtype).bits // 8
+    return Case("residual_add", f"{n}x{c}x{hw}x{hw}", make, fastconv.residual_add, eager,
+                3 * es * n * c * hw * hw)
+
+
+def pool_case(kind, n, c, hw, k, s, dtype, device):
+    ohw = -(-hw // s)
+    pad = max((ohw - 1) * s + k - hw, 0)
+    pads = (pad // 2, pad - pad // 2) * 2
+
+    def make():
+        return (_nhwc((n, c, hw, hw), dtype, device),)
+
+    if kind == "max":
+        ours = lambda x: fastconv.max_pool2d_same(x, k, s)  # noqa: E731
+        eager = lambda x: F.max_pool2d(F.pad(x, pads, value=float("-inf")), k, s)  # noqa: E731
+    else:  # eager SAME average: pooled sums over pooled counts of real cells
+        ours = lambda x: fastconv.avg_pool2d_same(x, k, s)  # noqa: E731
+        ones = torch.ones(1, 1, hw, hw, device=device, dtype=dtype)
+        count = F.avg_pool2d(F.pad(ones, pads), k, s, divisor_override=1)
+        eager = lambda x: F.avg_pool2d(F.pad(x, pads), k, s, divisor_override=1) / count  # noqa: E731
+    es = torch.finfo(dtype).bits // 8
+    return Case(f"{kind}_pool2d_same", f"{n}x{c}x{hw}x{hw} k{k}s{s}", make, ours, eager,
+                es * n * c * (hw * hw + ohw * ohw))
+
+
+def op_cases(dtype, device, batches, quick):
+    """The ops at shapes of ResNet-50 and GoogLeNet (torchvision), at each batch size."""
+    cases = []
+    for n in batches:
+        convs = [(64, 56, 256, 1), (256, 56, 64, 1), (256, 56, 512, 2), (1024, 14, 256, 1),
+                 (192, 28, 64, 1), (192, 28, 96, 1), (480, 14, 192, 1), (832, 7, 384, 1)]
+        residuals = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
+        pools = [("max", 192, 28, 3, 1), ("max", 64, 112, 3, 2), ("max", 480, 28, 3, 2),
+                 ("avg", 1024, 7, 3, 1)]
+        if quick:
+            convs, residuals, pools = convs[:2], residuals[:1], pools[:2]
+        cases += [conv_case(n, ci, hw, co, s, dtype, device) for ci, hw, co, s in convs]
+        cases += [conv_case(n, 256, 56, 512, 2, dtype, device, relu=False)] if not quick else []
+        cases += [residual_case(n, c, hw, dtype, device) for c, hw in residuals]
+        cases += [pool_case(kind, n, c, hw, k, s, dtype, device) for kind, c, hw, k, s in pools]
+    return cases
+
+
+def copy_bandwidth():
+    """Device-to-device copy GB/s (bytes read + written) of a 1 GiB buffer on this card."""
+    import triton.testing
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * src.numel() / ms / 1e6
+
+
+def time_ms(fn, on_gpu):
+    if on_gpu:
+        import triton.testing
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def providers(on_gpu, wanted):
+    """name -> (backend or None for eager/compile, compile mode)."""
+    names = {"eager": (None, None)}
+    if on_gpu:
+        names.update({"triton": ("triton", None), "cuda": ("cuda", None),
+                      "compile": (None, "default"), "compile-max-autotune": (None, "max-autotune")})
+        if "cuda" not in fastconv.available_backends():
+            names.pop("cuda")
+    else:
+        names.update({"torch": ("torch", None)})
+    return {k: v for k, v in names.items() if not wanted or k in wanted}
+
+
+def run_ops(dtype_names, batches, quick, op_filter, provider_filter, progress=True):
+    on_gpu = torch.cuda.is_available()
+    device = "cuda" if on_gpu else "cpu"
+    rows = []
+    bw = copy_bandwidth() if on_gpu else None
+    provs = providers(on_gpu, provider_filter)
+    plan = [(dn, c) for dn in dtype_names
+            for c in op_cases(DTYPES[dn], device, batches, quick)
+            if not op_filter or c.op in op_filter]
+    for i, (dn, case) in enumerate(plan):
+        torch.backends.cudnn.allow_tf32 = dn == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = dn == "tf32"
+        inputs = case.make()
+        with torch.no_grad():
+            eager_out = case.eager(*inputs)
+            times = {}
+            for name, (backend, mode) in provs.items():
+                if mode is not None:
+                    fn = torch.compile(case.eager, mode=mode)
+                    call = lambda fn=fn: fn(*inputs)  # noqa: E731
+                elif backend is not None:
+                    call = lambda b=backend: _on(b, case.ours, inputs)  # noqa: E731
+                else:
+                    call = lambda: case.eager(*inputs)  # noqa: E731
+                out = call()
+                err = (out.float() - eager_out.float()).abs().max().item()
+                ms = time_ms(call, on_gpu)
+                times[name] = ms
+                rows.append({"op": case.op, "shape": case.label, "dtype": dn, "provider": name,
+                             "median_ms": ms, "max_abs_err_vs_eager": err,
+                             "rel_err_vs_eager": reference.rel_error(out, eager_out),
+                             "GB/s": case.min_bytes / ms / 1e6,
+                             "pct_copy_bw": 100 * case.min_bytes / ms / 1e6 / bw if bw else None,
+                             "TFLOP/s": case.flops / ms / 1e9 if case.flops else None})
+        for row in rows[-len(provs):]:
+            row["vs_eager"] = times["eager"] / row["median_ms"]
+            row["vs_compile"] = times["compile"] / row["median_ms"] if "compile" in times else None
+        if progress:
+            print(f"\r[{i + 1}/{len(plan)}] {case.op} {case.label} {dn}", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    if not on_gpu:
+        rows += interpreter_check()
+    return rows, bw
+
+
+def _on(backend, fn, inputs):
+    with fastconv.use_backend(backend):
+        return fn(*inputs)
+
+
+def interpreter_check():
+    """CPU only: the Triton kernels through the interpreter against float64, at a small size."""
+    rows = []
+    for case in op_cases(torch.float32, "cpu", [2], quick=True):
+        small = _shrink(case)
+        inputs = small.make()
+        with torch.no_grad(), fastconv.use_backend("triton"):
+            out = small.ours(*inputs)
+        ref = small.eager(*[t.double() for t in inputs])
+        rows.append({"op": case.op, "shape": small.label, "dtype": "fp32",
+                     "provider": "triton-interpreter", "median_ms": None,
+                     "rel_err_vs_eager": reference.rel_error(out, ref),
+                     "max_abs_err_vs_eager": (out.double() - ref).abs().max().item()})
+    return rows
+
+
+def _shrink(case):
+    """The same op at 1/8 of the channels and spatial size, for the interpreter."""
+    op = case.op
+    if op.startswith("conv"):
+        return conv_case(2, 16, 7, 16, 1, torch.float32, "cpu")
+    if op == "residual_add":
+        return residual_case(2, 16, 7, torch.float32, "cpu")
+    return pool_case(op.split("_")[0], 2, 16, 9, 3, 2, torch.float32, "cpu")
+
+
+def environment():
+    def git(*args):
+        try:
+            return subprocess.check_output(["git", *args], text=True, stderr=subprocess.DEVNULL).strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU",
+            "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "fastconv_backends": fastconv.available_backends()}
+
+
+def _fmt(v, spec):
+    return "" if v is None else format(v, spec)
+
+
+def markdown(rows, env, bw):
+    lines = [f"# fastconv op benchmark ({env['date'][:10]})", "",
+             f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; "
+             f"commit {env['commit']}{' (dirty)' if env['dirty'] else ''}.",
+             f"Copy bandwidth measured here: {bw:.0f} GB/s." if bw else
+             "No GPU: CPU times of the torch backend against eager; Triton checked in the interpreter.",
+             "Median times; GB/s on the op's minimum traffic; ratios > 1 mean faster than eager/compile.", "",
+             "| op | shape | dtype | provider | median us | GB/s | % copy BW | TFLOP/s | vs eager | vs compile | max err vs eager |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ms = r.get("median_ms")
+        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['provider']} | "
+                     f"{_fmt(ms and ms * 1e3, '.1f')} | {_fmt(r.get('GB/s'), '.0f')} | "
+                     f"{_fmt(r.get('pct_copy_bw'), '.0f')} | {_fmt(r.get('TFLOP/s'), '.1f')} | "
+                     f"{_fmt(r.get('vs_eager'), '.2f')} | {_fmt(r.get('vs_compile'), '.2f')} | "
+                     f"{r['max_abs_err_vs_eager']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a sub-minute subset")
+    p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES))
+    p.add_argument("--batch", nargs="+", type=int, default=None)
+    p.add_argument("--op", nargs="+", default=None, help="e.g. conv1x1_relu residual_add")
+    p.add_argument("--provider", nargs="+", default=None)
+    p.add_argument("--out", default=None, help="folder for NAME.md and NAME.json")
+    p.add_argument("--name", default="bench", help="file stem of the results (default: bench)")
+    args = p.parse_args(argv)
+    on_gpu = torch.cuda.is_available()
+    dtypes = args.dtype or (["bf16"] if args.quick or not on_gpu else ["bf16", "fp16", "fp32", "tf32"])
+    batches = args.batch or ([32] if args.quick else [32, 128, 256]) if on_gpu else [2]
+    torch.manual_seed(0)
+    rows, bw = run_ops(dtypes if on_gpu else ["fp32"], batches, args.quick or not on_gpu,
+                       args.op, args.provider)
+    env = environment()
+    md = markdown(rows, env, bw)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, args.name + ".md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(args.out, args.name + ".json"), "w") as f:
+            json.dump({"env": env, "copy_GB/s": bw, "rows": rows}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""fastconv::conv1x1_relu: relu(conv2d(x, weight, bias, stride)) for a 1x1 kernel.
+
+A GEMM with bias and ReLU fused into its epilogue (the network-in-network /
+bottleneck layer). relu=False gives the plain 1x1 conv (ResNet's stride-2
+projection shortcut). Backward: the ReLU mask and the bias gradient are one
+fused kernel; the input and weight gradients are torch matmuls.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastconv import _backend, _checks
+
+
+def _check(x, weight, bias, stride):
+    _checks.check_tensor(x, "x", ndim=4)
+    _checks.check_tensor(weight, "weight", ndim=(2, 4))
+    _checks.check_same(weight, x, "weight", "x")
+    if weight.dim() == 4 and tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError(f"weight must be a 1x1 kernel [Cout, Cin, 1, 1], got {tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} input channels but x has {x.shape[1]} "
+                         f"(weight {tuple(weight.shape)}, x {tuple(x.shape)})")
+    if bias is not None:
+        _checks.check_tensor(bias, "bias", ndim=1)
+        _checks.check_same(bias, x, "bias", "x")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have {weight.shape[0]} elements (Cout), got {bias.shape[0]}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+
+
+def _out_shape(x, weight, stride):
+    N, _, H, W = x.shape
+    return (N, weight.shape[0], (H - 1) // stride + 1, (W - 1) // stride + 1)
+
+
+def _precision(dtype):
+    """tl.dot precision: fp32 follows PyTorch's convolution flag, as eager cuDNN does."""
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return "ieee" if dtype == torch.float64 else None
+
+
+@torch.library.custom_op("fastconv::conv1x1_relu", mutates_args=())
+def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                    stride: int = 1, relu: bool = True) -> Tensor:
+    _check(x, weight, bias, stride)
+    backend = _backend.resolve(x.device, "conv1x1_relu")
+    if backend == "torch":
+        w4 = weight if weight.dim() == 4 else weight[:, :, None, None]
+        y = F.conv2d(x, w4, bias, stride)
+        y = y.relu_() if relu else y
+        # a no-op unless the conv library chose another layout than the rule for x
+        return y.contiguous(memory_format=_checks.out_memory_format(x))
+    out = _checks.empty_like_layout(x, _out_shape(x, weight, stride))
+    if backend == "triton":
+        from fastconv._triton import conv1x1
+        w2 = weight if weight.dim() == 2 else weight[:, :, 0, 0]
+        conv1x1.conv1x1(x, w2, bias, out, stride, relu, _precision(x.dtype))
+    else:
+        from fastconv import _cuda
+        _cuda.conv1x1(x, weight, bias, out, stride, relu,
+                      x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32)
+    return out
+
+
+@conv1x1_relu_op.register_fake
+def _(x, weight, bias=None, stride=1, relu=True):
+    _check(x, weight, bias, stride)
+    return _checks.empty_like_layout(x, _out_shape(x, weight, stride))
+
+
+@torch.library.custom_op("fastconv::relu_bias_backward", mutates_args=())
+def relu_bias_backward_op(grad: Tensor, out: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+    """(g, bias_grad): g = grad masked where out <= 0 (if relu), bias_grad = g summed over N, H, W."""
+    backend = _backend.resolve(grad.device, "relu_bias_backward")
+    g = _checks.empty_like_layout(out, out.shape)
+    if backend == "torch":
+        g.copy_(torch.where(out <= 0, 0.0, grad) if relu else grad)
+        return g, g.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
+    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    bias_grad = torch.zeros(grad.shape[1], dtype=acc_dtype, device=grad.device)
+    if backend == "triton":
+        from fastconv._triton import conv1x1
+        conv1x1.relu_grad_bias(grad, out, g, bias_grad, relu)
+    else:
+        from fastconv import _cuda
+        _cuda.relu_grad_bias(grad, out, g, bias_grad, relu)
+    return g, bias_grad.to(grad.dtype)
+
+
+@relu_bias_backward_op.register_fake
+def _(grad, out, relu):
+    return _checks.empty_like_layout(out, out.shape), grad.new_empty(grad.shape[1])
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, stride, relu = inputs
+    ctx.stride, ctx.relu, ctx.has_bias = stride, relu, bias is not None
+    ctx.save_for_backward(x, weight, *([output] if relu else []))
+
+
+def _backward(ctx, grad):
+    from fastconv.ops.residual import relu_backward_op
+
+    x, weight, *out = ctx.saved_tensors
+    out = out[0] if ctx.relu else None
+    need_x, need_w = ctx.needs_input_grad[:2]
+    need_b = ctx.has_bias and ctx.needs_input_grad[2]  # lists only the tensors passed
+    bias_grad = None
+    if need_b:
+        grad, bias_grad = relu_bias_backward_op(grad, out if ctx.relu else grad, ctx.relu)
+    elif ctx.relu:
+        grad = relu_backward_op(grad, out)
+    s = ctx.stride
+    cout, cin = weight.shape[:2]
+    g = grad.permute(0, 2, 3, 1)  # [N, OH, OW, Cout]: pixels x output channels
+    x_grad = weight_grad = None
+    if need_x:
+        x_sub_grad = (g @ weight.reshape(cout, cin)).permute(0, 3, 1, 2)
+        if s == 1:
+            x_grad = x_sub_grad
+        else:  # a strided 1x1 conv never reads the skipped pixels: their gradient is 0
+            x_grad = torch.zeros_like(x)
+            x_grad[:, :, ::s, ::s] = x_sub_grad
+    if need_w:
+        x_sub = x[:, :, ::s, ::s].permute(0, 2, 3, 1).reshape(-1, cin)
+        weight_grad = (g.reshape(-1, cout).t() @ x_sub).reshape(weight.shape)
+    return x_grad, weight_grad, bias_grad, None, None
+
+
+conv1x1_relu_op.register_autograd(_backward, setup_context=_setup)
+
+
+def conv1x1_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                 stride: int = 1, relu: bool = True) -> Tensor:
+    """relu(conv2d(x, weight, bias, stride)) for a 1x1 kernel, bias and ReLU fused.
+
+    x: [N, Cin, H, W], any strides. weight: [Cout, Cin, 1, 1] or [Cout, Cin].
+    bias: [Cout] or None. relu=False gives the plain 1x1 conv. float32 follows
+    torch.backends.cudnn.allow_tf32 (TF32 when True), as eager convolution does.
+    """
+    _check(x, weight, bias, stride)  # here too, so a bad type gets our error, not a schema error
+    return conv1x1_relu_op(x, weight, bias, stride, relu)

@@ -1,0 +1,85 @@
+"""fastconv::residual_add: relu(x + residual), the end of every ResNet block.
+
+Eager runs it as two passes (`out += identity; relu(out)`); the fused kernel is
+one pass. Backward: both inputs get grad * (out > 0).
+"""
+import torch
+from torch import Tensor
+
+from fastconv import _backend, _checks
+
+
+def _check(x, residual):
+    _checks.check_tensor(x, "x", ndim=4)
+    _checks.check_tensor(residual, "residual")
+    _checks.check_same(residual, x, "residual", "x")
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, "
+                         f"got {tuple(residual.shape)}")
+
+
+def _run_binary(a, b, op, backend, like):
+    """out = op(a, b) in the layout of `like`, on `backend` (not "torch")."""
+    out = _checks.empty_like_layout(like, like.shape)
+    if backend == "triton":
+        from fastconv._triton import elementwise
+        elementwise.binary(a, b, out, op)
+    else:
+        from fastconv import _cuda
+        _cuda.binary(a, b, out, op)
+    return out
+
+
+@torch.library.custom_op("fastconv::residual_add", mutates_args=())
+def residual_add_op(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
+    _check(x, residual)
+    backend = _backend.resolve(x.device, "residual_add")
+    if backend == "torch":
+        out = torch.add(x, residual, out=_checks.empty_like_layout(x, x.shape))
+        return out.relu_() if relu else out
+    return _run_binary(x, residual, 1 if relu else 0, backend, like=x)
+
+
+@residual_add_op.register_fake
+def _(x, residual, relu=True):
+    _check(x, residual)
+    return _checks.empty_like_layout(x, x.shape)
+
+
+@torch.library.custom_op("fastconv::relu_backward", mutates_args=())
+def relu_backward_op(grad: Tensor, out: Tensor) -> Tensor:
+    """grad where out > 0, else 0 (as torch's threshold_backward), in out's layout."""
+    backend = _backend.resolve(grad.device, "relu_backward")
+    if backend == "torch":
+        return torch.where(out <= 0, grad.new_zeros(()), grad,
+                           out=_checks.empty_like_layout(out, out.shape))
+    return _run_binary(grad, out, 2, backend, like=out)
+
+
+@relu_backward_op.register_fake
+def _(grad, out):
+    return _checks.empty_like_layout(out, out.shape)
+
+
+def _setup(ctx, inputs, output):
+    ctx.relu = inputs[2]
+    ctx.save_for_backward(*([output] if ctx.relu else []))
+
+
+def _backward(ctx, grad):
+    if ctx.relu:
+        grad = relu_backward_op(grad, ctx.saved_tensors[0])
+    return grad, grad, None
+
+
+residual_add_op.register_autograd(_backward, setup_context=_setup)
+
+
+def residual_add(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
+    """relu(x + residual), or x + residual with relu=False, in one fused pass.
+
+    x and residual: same shape [N, C, H, W], dtype and device; any strides.
+    The output has the layout eager PyTorch would give (x's memory format).
+    """
+    _check(x, residual)  # here too, so a non-tensor gets our TypeError, not a schema error
+    return residual_add_op(x, residual, relu)

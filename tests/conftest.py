@@ -1,0 +1,93 @@
+"""Test configuration: without a GPU the Triton kernels run in Triton's
+interpreter (TRITON_INTERPRET=1 must be set before triton is imported; torch
+does not import it), on CPU tensors. Tests that need a CUDA device are marked
+`gpu` and skipped without one."""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+import fastconv  # noqa: E402
+from fastconv import _checks  # noqa: E402
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+gpu = pytest.mark.gpu
+
+# Every kernel backend is tested with the same suite; "cuda" needs a GPU.
+BACKENDS = ["torch", "triton", pytest.param("cuda", marks=gpu)]
+# Triton's interpreter computes bfloat16 wrongly: bf16 runs only on a GPU.
+DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=gpu)]
+# Relative error ||out - ref|| / ||ref|| against float64 (facts.md section 5).
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+LAYOUTS = ["nchw", "nhwc", "strided"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    """Each test starts on the default backend, with IEEE fp32 convolutions
+    (TF32 is tested on its own), and a new random seed."""
+    cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    fastconv.set_backend("auto")
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
+    fastconv.set_backend("auto")
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Fill every output the ops allocate with NaN (integers with 1) before the kernels write it,
+    so an element a kernel forgets to write fails the comparison."""
+    real = _checks.empty_like_layout
+
+    def poisoned(x, shape, dtype=None):
+        out = real(x, shape, dtype)
+        return out.fill_(float("nan") if out.is_floating_point() else 1)
+
+    monkeypatch.setattr(_checks, "empty_like_layout", poisoned)
+
+
+def make_input(shape, dtype, layout="nchw", device=DEVICE, requires_grad=False):
+    """Fresh standard-normal data in the given layout: "nchw" contiguous,
+    "nhwc" channels_last, "strided" a non-contiguous view (every other channel
+    and column of a larger tensor, offset by one row)."""
+    N, C, H, W = shape
+    if layout == "strided":
+        base = torch.randn(N, 2 * C, H + 1, 2 * W, device=device).to(dtype)
+        t = base[:, ::2, 1:, ::2]
+    else:
+        t = torch.randn(shape, device=device).to(dtype)
+        if layout == "nhwc":
+            t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(requires_grad)
+
+
+def assert_close(out, ref, dtype, what="output"):
+    err = fastconv.reference.rel_error(out, ref)
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:.0e} ({dtype})"
+
+
+def assert_layout_like_eager(out, eager):
+    """Same memory format as eager gives, where the layout is unambiguous."""
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        if out.dim() == 4 and eager.is_contiguous(memory_format=fmt) != out.is_contiguous(memory_format=fmt):
+            raise AssertionError(f"layout differs from eager: strides {out.stride()} vs {eager.stride()}")
+
+
+def unchanged(before, after):
+    return torch.equal(before.nan_to_num(), after.nan_to_num())

@@ -1,0 +1,109 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from fastconv import reference
+from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close,
+                            assert_layout_like_eager, make_input, unchanged)
+
+SHAPES = [(2, 3, 7, 7), (1, 17, 13, 13), (2, 5, 1, 1), (1, 3, 8, 6)]
+# (kernel_size, stride): overlapping (3/2, 3/1), tiling (2/2), non-square, k < s.
+GEOMETRIES = [(3, 2), (3, 1), (2, 2), ((3, 2), (2, 1)), (1, 2)]
+OPS = {"max": (fastconv.max_pool2d_same, reference.max_pool2d_same),
+       "avg": (fastconv.avg_pool2d_same, reference.avg_pool2d_same)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_forward_backward(backend, dtype, shape, geometry, layout, kind, poison):
+    op, ref_op = OPS[kind]
+    k, s = geometry
+    x = make_input(shape, dtype, layout, requires_grad=True)
+    x0 = x.detach().clone()
+    with fastconv.use_backend(backend):
+        out = op(x, k, s)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    x64 = x0.double().requires_grad_()
+    ref = ref_op(x64, k, s)
+    ref.backward(grad.double())
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype)
+    assert_close(x.grad, x64.grad, dtype, "x.grad")
+    assert_layout_like_eager(out, F.max_pool2d(x0, 1))
+    assert unchanged(x0, x.detach())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_tensorflow_same_values(backend):
+    """4x4 input 1..16, 3x3 stride 2: SAME pads 0 rows above and 1 below (and
+    likewise columns); TensorFlow gives these numbers. PyTorch's padding=1 pads
+    (1, 1) and gives others: the trap this op exists for."""
+    x = torch.arange(1.0, 17.0, device=DEVICE).view(1, 1, 4, 4)
+    with fastconv.use_backend(backend):
+        mx = fastconv.max_pool2d_same(x, 3, 2)
+        avg = fastconv.avg_pool2d_same(x, 3, 2)
+    assert mx.flatten().tolist() == [11.0, 12.0, 15.0, 16.0]
+    assert avg.flatten().tolist() == [6.0, 7.5, 12.0, 13.5]
+    assert F.max_pool2d(x, 3, 2, padding=1).flatten().tolist() != mx.flatten().tolist()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_max_nan_propagates_and_ties_go_to_first(backend):
+    x = torch.zeros(1, 1, 4, 4, device=DEVICE)  # all ties: the first cell of each window wins
+    x[0, 0, 3, 3] = float("nan")
+    x.requires_grad_()
+    with fastconv.use_backend(backend):
+        out = fastconv.max_pool2d_same(x, 2, 2)
+        out.sum().backward()
+    assert torch.isnan(out[0, 0, 1, 1]) and (out.flatten()[:3] == 0).all()
+    expected = torch.zeros(4, 4)
+    expected[0, 0] = expected[0, 2] = expected[2, 0] = expected[3, 3] = 1
+    assert torch.equal(x.grad[0, 0].cpu(), expected)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_zero_batch(backend):
+    with fastconv.use_backend(backend):
+        assert fastconv.max_pool2d_same(torch.randn(0, 3, 5, 5, device=DEVICE), 3, 2).shape == (0, 3, 3, 3)
+
+
+def test_stride_defaults_to_kernel_size():
+    x = torch.randn(1, 2, 7, 7)
+    assert fastconv.avg_pool2d_same(x, 2).shape == (1, 2, 4, 4)
+    assert torch.equal(fastconv.max_pool2d_same(x, (2, 3)), fastconv.max_pool2d_same(x, (2, 3), (2, 3)))
+
+
+def test_errors():
+    x = torch.randn(1, 2, 5, 5)
+    for op in (fastconv.max_pool2d_same, fastconv.avg_pool2d_same):
+        with pytest.raises(ValueError, match="x must be a 4-D"):
+            op(x[0], 3)
+        with pytest.raises(TypeError, match="x must be a floating-point"):
+            op(x.int(), 3)
+        with pytest.raises(ValueError, match="kernel_size must be positive"):
+            op(x, 0)
+        with pytest.raises(ValueError, match="stride must be positive"):
+            op(x, 3, (1, -1))
+        with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+            op(x, (3, 3, 3))
+        with pytest.raises(TypeError, match="stride must be an int or a pair"):
+            op(x, 3, 1.5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck_and_gradcheck(backend):
+    x = make_input((2, 3, 6, 5), torch.float64, "nhwc", requires_grad=True)
+    with fastconv.use_backend(backend):
+        for name in ("max_pool2d_same", "avg_pool2d_same"):
+            torch.library.opcheck(getattr(torch.ops.fastconv, name).default, (x, [3, 2], [2, 1]))
+        g = torch.randn(2, 3, 3, 5, dtype=torch.float64, device=DEVICE)
+        torch.library.opcheck(torch.ops.fastconv.pool2d_same_backward.default,
+                              (g, x.detach(), [3, 2], [2, 1], True))
+        for op in (fastconv.max_pool2d_same, fastconv.avg_pool2d_same):
+            assert torch.autograd.gradcheck(lambda t: op(t, (3, 2), (2, 1)), (x,))
