@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # A change to any of these reinstalls (the CUDA extension is built at install time).
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*)
 
-.PHONY: demo test bench clean
+.PHONY: demo test clean resource-usage
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# Registers, shared memory and spills of every CUDA kernel (no GPU needed); see csrc/README.md.
+resource-usage:
+	for f in csrc/*.cu; do nvcc -c $$f -o /dev/null -O3 -std=c++17 -Icsrc --expt-relaxed-constexpr \
+	  -gencode=arch=compute_90,code=sm_90 --resource-usage 2>&1 | grep -E "Compiling|spill|Used"; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastconv/_C*.so

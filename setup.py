@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -25,7 +26,7 @@ def find_nvcc():
 
 
 class NvccBuildExt(build_ext):
-    """Compiles the .cu sources with nvcc, the bindings with the host compiler, links both."""
+    """Compiles csrc/ with nvcc (host code through its host compiler) and links one module."""
 
     def build_extension(self, ext):
         if ext.name != "fastconv._C":
@@ -33,23 +34,20 @@ class NvccBuildExt(build_ext):
         import pybind11
 
         nvcc = find_nvcc()
-        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
         build_dir = os.path.join(self.build_temp, "csrc")
         os.makedirs(build_dir, exist_ok=True)
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
         objects = []
         for src in ext.sources:
+            # nvcc compiles the .cu files and hands the .cpp bindings to the host compiler
+            # with CUDA's include path; warnings are errors in both.
             obj = os.path.join(build_dir, os.path.basename(src) + ".o")
+            cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Werror", "all-warnings",
+                   "-Xcompiler", "-fPIC,-Wall,-Werror,-fvisibility=hidden"]
             if src.endswith(".cu"):
-                cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc",
-                       "-Xcompiler", "-fPIC,-Wall,-Werror", "-Werror", "all-warnings",
-                       "--expt-relaxed-constexpr", *gencode]
+                cmd += ["--expt-relaxed-constexpr", *gencode]
             else:
-                cmd = [os.environ.get("CXX", "c++"), "-c", src, "-o", obj, "-O3", "-std=c++17",
-                       "-fPIC", "-Wall", "-Werror", "-fvisibility=hidden", "-Icsrc",
-                       f"-I{pybind11.get_include()}", f"-I{cuda_home}/include",
-                       *[f"-I{p}" for p in self.compiler.include_dirs]]
-                cmd += [f"-I{sysconfig_include()}"]
+                cmd += [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
             self.announce(" ".join(cmd), level=2)
             subprocess.check_call(cmd)
             objects.append(obj)
@@ -58,11 +56,6 @@ class NvccBuildExt(build_ext):
         # nvcc links the device code and cudart_static; -shared makes the Python module.
         subprocess.check_call([nvcc, "-shared", *objects, "-o", out, "-cudart=static",
                                *gencode, "-Xcompiler", "-fPIC", "-lrt", "-ldl", "-lpthread"])
-
-
-def sysconfig_include():
-    import sysconfig
-    return sysconfig.get_paths()["include"]
 
 
 def extensions():

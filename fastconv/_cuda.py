@@ -1,4 +1,9 @@
-"""The CUDA C++ backend: thin launchers over the pybind11 extension fastconv._C."""
+"""The CUDA C++ backend: thin launchers over the pybind11 extension fastconv._C.
+
+Each launcher passes raw device pointers, sizes and strides (in elements), a dtype
+code, the device index and torch's current stream to csrc/ (see csrc/fastconv.h);
+a CUDA error comes back as a RuntimeError carrying the CUDA error string.
+"""
 import torch
 
 try:
@@ -8,6 +13,8 @@ except ImportError as e:  # built only where nvcc was found (setup.py)
     _C = None
     _IMPORT_ERROR = e
 
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
 
 def unavailable_reason():
     """Why the CUDA C++ backend cannot run here, or None."""
@@ -16,3 +23,52 @@ def unavailable_reason():
     if not torch.cuda.is_available():
         return "no CUDA device is available"
     return None
+
+
+def _where(t):
+    """(device index, raw handle of torch's current stream on t's device)."""
+    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
+
+
+def binary(a, b, out, op):
+    """out = op(a, b) (0 add, 1 add + ReLU, 2 ReLU backward); out dense, a and b any strides."""
+    dense = a.stride() == out.stride() and b.stride() == out.stride()
+    _C.binary(a.data_ptr(), b.data_ptr(), out.data_ptr(), _DTYPE_CODES[out.dtype], op,
+              list(out.shape), list(a.stride()), list(b.stride()), dense,
+              not out.is_contiguous(), *_where(out))
+    return out
+
+
+def conv1x1(x, weight, bias, out, stride, relu, tf32):
+    w2 = weight if weight.dim() == 2 else weight[:, :, 0, 0]
+    _C.conv1x1(x.data_ptr(), w2.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
+               _DTYPE_CODES[x.dtype], list(x.shape), list(x.stride()), w2.shape[0], w2.stride(0),
+               w2.stride(1), list(out.stride()), stride, relu, tf32, *_where(x))
+    return out
+
+
+def relu_grad_bias(grad, y, grad_in, bias_grad, relu):
+    _C.relu_grad_bias(grad.data_ptr(), y.data_ptr(), grad_in.data_ptr(), bias_grad.data_ptr(),
+                      _DTYPE_CODES[grad.dtype], list(grad.shape), list(grad.stride()),
+                      list(y.stride()), list(grad_in.stride()), relu, *_where(grad))
+
+
+def _geometry(geometry):
+    (kh, kw), (sh, sw), (ph, pw) = geometry
+    return [kh, kw, sh, sw, ph, pw]
+
+
+def pool_forward(x, out, idx, geometry, is_max):
+    _C.pool_forward(x.data_ptr(), out.data_ptr(), 0 if idx is None else idx.data_ptr(),
+                    _DTYPE_CODES[x.dtype], list(x.shape), list(x.stride()), out.shape[2],
+                    out.shape[3], _geometry(geometry), is_max, not out.is_contiguous(), *_where(x))
+    return out
+
+
+def pool_backward(grad_out, grad_in, idx, geometry, is_max):
+    _C.pool_backward(grad_out.data_ptr(), 0 if idx is None else idx.data_ptr(), grad_in.data_ptr(),
+                     _DTYPE_CODES[grad_in.dtype], list(grad_in.shape), list(grad_out.stride()),
+                     list(idx.stride()) if idx is not None else [0, 0, 0, 0], grad_out.shape[2],
+                     grad_out.shape[3], _geometry(geometry), is_max, not grad_in.is_contiguous(),
+                     *_where(grad_in))
+    return grad_in
