@@ -72,3 +72,41 @@ class AvgPool2dSame(_PoolSame):
 
     def forward(self, x):
         return ops.avg_pool2d_same(x, self.kernel_size, self.stride)
+
+
+class FusedMaxPool2d(nn.MaxPool2d):
+    """An nn.MaxPool2d (same arguments, same state) that runs on fastconv's SAME
+    kernel for every input on which its geometry equals SAME pooling (GoogLeNet's
+    pools, 2x2/2 on even sizes), and on PyTorch's kernel otherwise (ResNet's stem
+    pool on even sizes pads symmetrically, which SAME does not)."""
+
+    def forward(self, x):
+        from fastconv.fusion import pool_is_same
+        if not self.return_indices and pool_is_same(x.shape[-2:], self.kernel_size, self.stride,
+                                                    self.padding, self.ceil_mode,
+                                                    dilation=self.dilation):
+            return ops.max_pool2d_same(x, self.kernel_size, self.stride or self.kernel_size)
+        return super().forward(x)
+
+
+class FusedAvgPool2d(nn.AvgPool2d):
+    """An nn.AvgPool2d that runs on fastconv's SAME kernel wherever that is exact
+    (the same windows, no padding counted), and on PyTorch's kernel otherwise."""
+
+    def forward(self, x):
+        from fastconv.fusion import pool_is_same
+        if self.divisor_override is None and pool_is_same(
+                x.shape[-2:], self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                is_max=False, count_include_pad=self.count_include_pad):
+            return ops.avg_pool2d_same(x, self.kernel_size, self.stride or self.kernel_size)
+        return super().forward(x)
+
+
+class LinearReLU(nn.Linear):
+    """relu(linear(x)) as a 1x1 conv over a 1x1 image on the fused kernel; named and
+    shaped as nn.Linear, so state dicts load both ways."""
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        y = ops.conv1x1_relu(x.reshape(-1, x.shape[-1], 1, 1), self.weight, self.bias)
+        return y.view(*lead, self.out_features)

@@ -1,0 +1,13 @@
+"""The reference architectures of the CNN case studies, on fastconv's fused ops.
+
+Where torchvision has the model, its architecture and parameter names are kept
+exactly, so `model.load_state_dict(torchvision_model.state_dict())` works strictly.
+Each builder's module docstring says which layers run on fastconv ops.
+"""
+from fastconv.models.classic import alexnet, lenet5, vgg16
+from fastconv.models.googlenet import Inception, googlenet
+from fastconv.models.resnet import (plain18, plain34, resnet18, resnet34, resnet50, resnet101,
+                                    resnet152)
+
+__all__ = ["lenet5", "alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet152", "plain18", "plain34", "googlenet", "Inception"]

@@ -1,0 +1,86 @@
+"""ResNet-18/34/50/101/152 and the plain (shortcut-free) 18/34 on fastconv's ops.
+
+Built with torchvision's own ResNet constructor and these blocks, so the
+architecture, parameter names and initialisation are torchvision's and its state
+dicts load strictly. On fastconv ops:
+  - every 1x1 conv + BN (+ ReLU): Bottleneck's conv1/bn1/relu and conv3/bn3, and each
+    projection shortcut (downsample: 1x1 conv stride s + BN, no ReLU), with BN folded
+    into the conv in eval mode (in train mode BN stays a layer; only the conv is ours);
+  - every residual relu(out + identity) (residual_add);
+  - the stem max pool wherever its geometry equals SAME (odd input sizes; on even
+    sizes it pads symmetrically and runs on PyTorch's kernel).
+The 3x3 and 7x7 convolutions, BN after them, and the head are PyTorch's.
+"""
+from torchvision.models import resnet as tv
+
+from fastconv import ops
+from fastconv.fusion import conv1x1_bn_act
+from fastconv.nn import FusedMaxPool2d
+
+
+def _shortcut(block, x):
+    if block.downsample is None:
+        return x
+    conv, bn = block.downsample
+    return conv1x1_bn_act(x, conv, bn, relu=False)
+
+
+class BasicBlock(tv.BasicBlock):
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return ops.residual_add(out, _shortcut(self, x))
+
+
+class Bottleneck(tv.Bottleneck):
+    def forward(self, x):
+        out = conv1x1_bn_act(x, self.conv1, self.bn1, relu=True)
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = conv1x1_bn_act(out, self.conv3, self.bn3, relu=False)
+        return ops.residual_add(out, _shortcut(self, x))
+
+
+class PlainBlock(tv.BasicBlock):
+    """BasicBlock without its shortcut: the "plain network" of the ResNet paper."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.downsample = None  # no projection either: nothing is added
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)))
+
+
+def _resnet(block, layers, num_classes):
+    model = tv.ResNet(block, layers, num_classes=num_classes)
+    model.maxpool = FusedMaxPool2d(kernel_size=3, stride=2, padding=1)
+    return model
+
+
+def resnet18(num_classes=1000):
+    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes)
+
+
+def resnet34(num_classes=1000):
+    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes)
+
+
+def resnet50(num_classes=1000):
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes)
+
+
+def resnet101(num_classes=1000):
+    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes)
+
+
+def resnet152(num_classes=1000):
+    return _resnet(Bottleneck, [3, 8, 36, 3], num_classes)
+
+
+def plain18(num_classes=1000):
+    return _resnet(PlainBlock, [2, 2, 2, 2], num_classes)
+
+
+def plain34(num_classes=1000):
+    return _resnet(PlainBlock, [3, 4, 6, 3], num_classes)
