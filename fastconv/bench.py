@@ -195,6 +195,107 @@ def run_ops(dtype_names, batches, quick, op_filter, provider_filter, progress=Tr
     return rows, bw
 
 
+MODEL_TWINS = {  # fastconv builder name -> torchvision builder name
+    "resnet50": "resnet50", "googlenet": "googlenet", "vgg16": "vgg16", "alexnet": "alexnet"}
+
+
+def _cuda_graphed(fn, x):
+    """fn(x) captured into a CUDA graph (static input x); returns a replay callable."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(x)
+    return lambda: (graph.replay(), out)[1]
+
+
+def run_models(names, batch, dtype_name, provider_filter, train_step=True):
+    """Whole-network inference (and one training step) in images/s: fastconv's backends
+    against the torchvision model in eager mode and under torch.compile, channels_last."""
+    import torchvision.models as tvm
+
+    from fastconv import models
+    on_gpu = torch.cuda.is_available()
+    device, dtype = ("cuda" if on_gpu else "cpu"), DTYPES[dtype_name]
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        eager = getattr(tvm, MODEL_TWINS[name])(weights=None)
+        ours = getattr(models, name)()
+        ours.load_state_dict(eager.state_dict())
+        eager, ours = (m.eval().to(device, dtype, memory_format=torch.channels_last) for m in (eager, ours))
+        x = torch.randn(batch, 3, 224, 224, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            ref = eager(x)
+            calls = {"eager": lambda: eager(x)}
+            if on_gpu:
+                calls["compile"] = (lambda f: lambda: f(x))(torch.compile(eager))
+                for backend in [b for b in ("triton", "cuda") if b in fastconv.available_backends()]:
+                    calls[backend] = (lambda b: lambda: _on(b, ours, (x,)))(backend)
+                calls["eager+graph"] = _cuda_graphed(eager, x)
+                calls["triton+graph"] = _cuda_graphed(lambda t: _on("triton", ours, (t,)), x)
+            else:
+                calls["torch"] = lambda: _on("torch", ours, (x,))
+            for prov, call in calls.items():
+                if provider_filter and prov.split("+")[0] not in provider_filter:
+                    continue
+                out = call()
+                ms = time_ms(call, on_gpu)
+                rows.append({"model": name, "batch": batch, "dtype": dtype_name, "mode": "inference",
+                             "provider": prov, "median_ms": ms, "images/s": batch / ms * 1e3,
+                             "max_abs_err_vs_eager": (out.float() - ref.float()).abs().max().item(),
+                             "rel_err_vs_eager": reference.rel_error(out, ref)})
+        if train_step:
+            rows += _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter)
+    for row in rows:
+        base = next(r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
+                    and r["provider"] == "eager")
+        row["vs_eager"] = base["median_ms"] / row["median_ms"]
+    return rows
+
+
+def _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter):
+    """One SGD step (forward, backward, update) in train mode, images/s."""
+    rows = []
+    providers_ = {"eager": (eager, "torch")}
+    for backend in [b for b in ("triton", "cuda") if b in fastconv.available_backends()] if on_gpu else ["torch"]:
+        providers_[backend] = (ours, backend)
+    for prov, (model, backend) in providers_.items():
+        if provider_filter and prov not in provider_filter:
+            continue
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step():
+            with fastconv.use_backend(backend):
+                out = model(x)
+                loss = (out[0] if isinstance(out, tuple) else out).float().square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        ms = time_ms(step, on_gpu)
+        rows.append({"model": name, "batch": x.shape[0], "dtype": dtype_name,
+                     "mode": "train step", "provider": prov, "median_ms": ms,
+                     "images/s": x.shape[0] / ms * 1e3, "max_abs_err_vs_eager": None,
+                     "rel_err_vs_eager": None})
+        model.eval()
+    return rows
+
+
+def models_markdown(rows):
+    lines = ["| model | batch | dtype | mode | provider | median ms | images/s | vs eager | max err vs eager |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['mode']} | {r['provider']} | "
+                     f"{r['median_ms']:.2f} | {r['images/s']:.0f} | {r['vs_eager']:.2f} | "
+                     f"{_fmt(r['max_abs_err_vs_eager'], '.2e')} |")
+    return "\n".join(lines) + "\n"
+
+
 def _on(backend, fn, inputs):
     with fastconv.use_backend(backend):
         return fn(*inputs)
@@ -270,7 +371,9 @@ def markdown(rows, env, bw):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("level", nargs="?", default="ops", choices=["ops", "models", "all"])
     p.add_argument("--quick", action="store_true", help="a sub-minute subset")
+    p.add_argument("--model", nargs="+", default=None, choices=list(MODEL_TWINS))
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--batch", nargs="+", type=int, default=None)
     p.add_argument("--op", nargs="+", default=None, help="e.g. conv1x1_relu residual_add")
@@ -280,21 +383,32 @@ def main(argv=None):
     args = p.parse_args(argv)
     on_gpu = torch.cuda.is_available()
     dtypes = args.dtype or (["bf16"] if args.quick or not on_gpu else ["bf16", "fp16", "fp32", "tf32"])
-    batches = args.batch or ([32] if args.quick else [32, 128, 256]) if on_gpu else [2]
+    if not on_gpu:
+        dtypes = ["fp32"]  # the CPU run: the torch backend against eager
+    batches = args.batch or (([32] if args.quick else [32, 128, 256]) if on_gpu else [2])
     torch.manual_seed(0)
-    rows, bw = run_ops(dtypes if on_gpu else ["fp32"], batches, args.quick or not on_gpu,
-                       args.op, args.provider)
     env = environment()
-    md = markdown(rows, env, bw)
+    result = {"env": env}
+    md = ""
+    if args.level in ("ops", "all"):
+        rows, bw = run_ops(dtypes, batches, args.quick or not on_gpu, args.op, args.provider)
+        result.update({"copy_GB/s": bw, "rows": rows})
+        md += markdown(rows, env, bw)
+    if args.level in ("models", "all"):
+        names = args.model or (["resnet50"] if args.quick or not on_gpu else ["resnet50", "googlenet"])
+        batch = (args.batch or [128 if on_gpu else 2])[0]
+        rows = run_models(names, batch, dtypes[0], args.provider, train_step=not args.quick)
+        result["model_rows"] = rows
+        md += (f"\n# Models ({env['device']}, {dtypes[0]}, channels_last, batch {batch})\n\n"
+               + models_markdown(rows))
     print(md)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, args.name + ".md"), "w") as f:
             f.write(md)
         with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-            json.dump({"env": env, "copy_GB/s": bw, "rows": rows}, f, indent=1)
-    return rows
-
+            json.dump(result, f, indent=1)
+    return result
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,184 @@
+"""fastconv.convert on torchvision models, fastconv's own models and a model of near misses."""
+import io
+
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+import fastconv
+from fastconv import models, reference
+from tests.conftest import DEVICE
+
+
+def _randomise_bn(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    return model
+
+
+# name: (builder, {pattern: count} at 224x224)
+TORCHVISION = {
+    "resnet18": (tvm.resnet18, {"relu(a + b)": 8, "1x1 conv + BN": 3}),
+    "resnet50": (tvm.resnet50, {"relu(a + b)": 16, "1x1 conv + BN + ReLU": 16, "1x1 conv + BN": 20}),
+    "googlenet": (lambda: tvm.googlenet(weights=None, aux_logits=True, init_weights=True),
+                  {"1x1 conv + BN + ReLU": 39, "max pool 3x3/2 (SAME)": 3, "max pool 2x2/2 (SAME)": 1,
+                   "max pool 3x3/1 (SAME)": 9}),
+    "vgg16": (tvm.vgg16, {"max pool 2x2/2 (SAME)": 5}),
+    "alexnet": (tvm.alexnet, {}),
+}
+
+
+def _check_equal(original, converted, x, backend, tol=1e-4):
+    original.eval(), converted.eval()
+    with torch.no_grad():
+        ref = original(x)
+        with fastconv.use_backend(backend):
+            out = converted(x)
+    err = reference.rel_error(out, ref)
+    assert err < tol, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_full_size(name):
+    build, counts = TORCHVISION[name]
+    original = _randomise_bn(build()).eval()
+    x = torch.randn(2, 3, 224, 224)
+    converted = fastconv.convert(original, example_input=x)
+    assert dict(converted.fastconv_report.counts()) == counts
+    _check_equal(original, converted, x, "torch")
+    assert set(converted.state_dict()) == set(original.state_dict())
+
+
+@pytest.mark.parametrize("name,size", [("resnet50", 64), ("googlenet", 64)])
+def test_torchvision_models_small_triton(name, size):
+    build, _ = TORCHVISION[name]
+    original = _randomise_bn(build()).eval()
+    x = torch.randn(2, 3, size, size)
+    converted = fastconv.convert(original, example_input=x)
+    _check_equal(original, converted, x, "triton")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "googlenet", "lenet5"])
+def test_fastconv_models_convert_without_harm(name):
+    original = _randomise_bn(getattr(models, name)()).eval()
+    x = torch.randn(2, 1, 28, 28) if name == "lenet5" else torch.randn(2, 3, 64, 64)
+    converted = fastconv.convert(original, example_input=x)
+    _check_equal(original, converted, x, "torch")
+
+
+def test_train_mode_gradients_match():
+    original = _randomise_bn(tvm.resnet18()).train()
+    converted = fastconv.convert(original)
+    x = torch.randn(4, 3, 64, 64)
+    grads = []
+    for model in (original, converted):
+        out = model(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    for k, g in grads[0].items():
+        assert reference.rel_error(grads[1][k], g) < 1e-4, k
+    # running statistics updated alike (train-mode BN stays a layer)
+    for (k, a), b in zip(original.state_dict().items(), converted.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6), k
+
+
+class NearMisses(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv3x3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 1, groups=2)
+        self.dilated = nn.Conv2d(8, 8, 1, dilation=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.stem_pool = nn.MaxPool2d(3, 2, padding=1)  # ResNet's stem pool
+        self.fusable = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv3x3(x))
+        y = torch.relu(self.grouped(y))
+        y = torch.relu(self.bn(self.dilated(y)))
+        z = y + x  # an add without ReLU
+        z = torch.relu(self.fusable(z))
+        return self.stem_pool(z)
+
+
+def test_near_misses_left_alone():
+    model = _randomise_bn(NearMisses()).eval()
+    x = torch.randn(2, 8, 16, 16)
+    converted = fastconv.convert(model, example_input=x)
+    report = converted.fastconv_report
+    skipped = dict(report.skipped)
+    assert skipped["conv3x3"] == "3x3 conv"
+    assert skipped["grouped"] == "grouped conv"
+    assert skipped["dilated"] == "dilated conv"
+    assert skipped["stem_pool"].startswith("pool pads symmetrically")
+    assert any(r == "add without ReLU after it" for r in skipped.values())
+    assert [(n, p) for n, p, _ in report.replaced] == [("fusable", "1x1 conv + ReLU")]
+    for name in ("conv3x3", "grouped", "dilated", "stem_pool"):
+        assert type(converted.get_submodule(name)) is type(getattr(model, name))
+    _check_equal(model, converted, x, "torch")
+    assert "left      conv3x3: 3x3 conv" in str(report)
+
+
+def test_converted_model_state_dict_twice_compile_and_dtype():
+    original = _randomise_bn(tvm.resnet18()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    converted = fastconv.convert(original, example_input=x)
+    twice = fastconv.convert(converted, example_input=x)
+    assert twice.fastconv_report.replaced == []
+    _check_equal(original, twice, x, "torch")
+    buf = io.BytesIO()
+    torch.save(converted.state_dict(), buf)
+    buf.seek(0)
+    fresh = fastconv.convert(tvm.resnet18().eval())
+    fresh.load_state_dict(torch.load(buf), strict=True)
+    original.load_state_dict(fresh.state_dict(), strict=True)
+    _check_equal(original, fresh, x, "torch")
+    half = fastconv.convert(original.double())
+    assert next(half.parameters()).dtype == torch.float64
+    torch._dynamo.reset()
+    compiled = torch.compile(converted, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert reference.rel_error(compiled(x), original.float()(x)) < 1e-4
+
+
+def test_untraceable_sequential_falls_back_by_position():
+    class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+
+        def forward(self, x):
+            return self.body(x) if x.sum() > -1e9 else x
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(Branchy(), nn.MaxPool2d(3, 1, 1))
+
+        def forward(self, x):
+            return self.seq(x) if x.mean() < 1e9 else x
+
+    model = _randomise_bn(Outer()).eval()
+    x = torch.randn(2, 4, 9, 9)
+    converted = fastconv.convert(model)
+    names = [n for n, _, _ in converted.fastconv_report.replaced]
+    assert "seq.1" in names  # the 3x3/1 pad-1 pool is SAME at every size
+    assert converted.seq[0].body  # traced or by position: the 1x1 conv + BN + ReLU is fused
+    assert any(p.startswith("1x1 conv + BN + ReLU") for _, p, _ in converted.fastconv_report.replaced)
+    _check_equal(model, converted, x, "torch")
+    assert set(converted.state_dict()) == set(model.state_dict())
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU check")
+def test_timm_models_if_installed():
+    timm = pytest.importorskip("timm")
+    model = _randomise_bn(timm.create_model("resnet26", pretrained=False)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    _check_equal(model, fastconv.convert(model, example_input=x), x, "torch")
