@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m fastconv.demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # Registers, shared memory and spills of every CUDA kernel (no GPU needed); see csrc/README.md.
 resource-usage:

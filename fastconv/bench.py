@@ -296,6 +296,45 @@ def models_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
+def plot(result, out_dir, stem):
+    """PNG plots of an ops result: speedup against eager per op and shape, and % of the
+    card's copy bandwidth (GPU results only). Returns the paths written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result.get("rows", []) if r.get("median_ms") and r["provider"] != "eager"]
+    paths = []
+    for metric, label, name in (("vs_eager", "speedup vs eager (x)", "speedup"),
+                                ("pct_copy_bw", "% of measured copy bandwidth", "roofline")):
+        data = [r for r in rows if r.get(metric) is not None]
+        if not data:
+            continue
+        cases = sorted({(r["op"], r["shape"], r["dtype"]) for r in data})
+        provs = sorted({r["provider"] for r in data})
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(cases) * len(provs)), 4.5))
+        width = 0.8 / len(provs)
+        for k, prov in enumerate(provs):
+            vals = {(r["op"], r["shape"], r["dtype"]): r[metric] for r in data if r["provider"] == prov}
+            ax.bar([i + k * width for i in range(len(cases))], [vals.get(c, 0) for c in cases],
+                   width, label=prov)
+        if metric == "vs_eager":
+            ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+        ax.set_xticklabels([f"{o}\n{sh} {dt}" for o, sh, dt in cases], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(label)
+        env = result.get("env", {})
+        ax.set_title(f"fastconv on {env.get('device', '?')} ({env.get('date', '')[:10]}, {env.get('commit', '')[:8]})",
+                     fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{stem}_{name}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def _on(backend, fn, inputs):
     with fastconv.use_backend(backend):
         return fn(*inputs)
@@ -371,7 +410,9 @@ def markdown(rows, env, bw):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("level", nargs="?", default="ops", choices=["ops", "models", "all"])
+    p.add_argument("level", nargs="?", default="ops", choices=["ops", "models", "all", "plot"],
+                   help="what to run; 'plot' draws PNGs from --from-json")
+    p.add_argument("--from-json", default=None, help="with 'plot': a result JSON written by --out")
     p.add_argument("--quick", action="store_true", help="a sub-minute subset")
     p.add_argument("--model", nargs="+", default=None, choices=list(MODEL_TWINS))
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES))
@@ -381,6 +422,14 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="folder for NAME.md and NAME.json")
     p.add_argument("--name", default="bench", help="file stem of the results (default: bench)")
     args = p.parse_args(argv)
+    if args.level == "plot":
+        with open(args.from_json) as f:
+            result = json.load(f)
+        out = args.out or os.path.dirname(os.path.abspath(args.from_json))
+        stem = os.path.splitext(os.path.basename(args.from_json))[0]
+        for path in plot(result, out, stem):
+            print(path)
+        return result
     on_gpu = torch.cuda.is_available()
     dtypes = args.dtype or (["bf16"] if args.quick or not on_gpu else ["bf16", "fp16", "fp32", "tf32"])
     if not on_gpu:
@@ -408,6 +457,10 @@ def main(argv=None):
             f.write(md)
         with open(os.path.join(args.out, args.name + ".json"), "w") as f:
             json.dump(result, f, indent=1)
+        try:
+            plot(result, args.out, args.name)
+        except ImportError:  # matplotlib is optional (the 'bench' extra)
+            pass
     return result
 
 if __name__ == "__main__":

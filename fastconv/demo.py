@@ -1,6 +1,9 @@
-"""`python -m fastconv.demo`: each fused op against eager PyTorch on whatever
-device is here. Prints the relative error against a float64 reference and, on a
-GPU, the median time of both (triton.testing.do_bench, L2 flushed).
+"""`python -m fastconv.demo` (what `make demo` runs), on whatever device is here:
+1. each fused op against eager PyTorch: relative error against a float64 reference
+   and, on a GPU, the median time of both (triton.testing.do_bench, L2 flushed);
+2. the model equivalence check: fastconv's ResNet-50 and GoogLeNet against
+   torchvision's with the same weights;
+3. the quick benchmark (python -m fastconv.bench --quick).
 
 Without a GPU the Triton kernels run through Triton's interpreter at small sizes
 (slow, so no times): it shows they work, not how fast they are.
@@ -67,6 +70,26 @@ def main():
         print(line)
 
 
+def check_models(device, backends):
+    """fastconv's models against torchvision's (same weights, eval mode), per backend."""
+    import torchvision.models as tvm
+
+    from fastconv import models
+    print("\nModel equivalence (eval, float32, relative error against torchvision):")
+    for name, size in (("resnet50", 224), ("googlenet", 224)):
+        torch.manual_seed(0)
+        twin = reference.randomize_batchnorm(getattr(tvm, name)(weights=None)).eval().to(device)
+        ours = getattr(models, name)().eval().to(device)
+        ours.load_state_dict(twin.state_dict())
+        for backend in backends:
+            s = size if device == "cuda" or backend != "triton" else 64  # the interpreter is slow
+            x = torch.randn(2, 3, s, s, device=device)
+            with torch.no_grad(), fastconv.use_backend(backend):
+                out, ref = ours(x), twin(x)
+            err = reference.rel_error(out, ref) if ref.abs().max() > 0 else float("inf")
+            print(f"  {name:10s} {backend:7s} {s}x{s}: {err:.1e} {'ok' if err < 1e-4 else 'MISMATCH'}")
+
+
 def _ms(fn):
     import triton.testing
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
@@ -74,3 +97,9 @@ def _ms(fn):
 
 if __name__ == "__main__":
     main()
+    on_gpu = torch.cuda.is_available()
+    check_models("cuda" if on_gpu else "cpu",
+                 [b for b in fastconv.available_backends() if b != "torch" or not on_gpu])
+    print()
+    from fastconv import bench
+    bench.main(["--quick"])

@@ -56,6 +56,21 @@ def avg_pool2d_same(x, kernel_size, stride=None):
     return _pool_same(x, k, k if stride is None else _pair(stride), is_max=False)
 
 
+def randomize_batchnorm(model, seed=0):
+    """Give every BatchNorm2d random statistics and affine parameters (in place), so that
+    comparisons exercise BN folding instead of the identity a fresh BN computes."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model
+
+
 def rel_error(out, ref):
     """||out - ref|| / ||ref|| in float64 (inf if out has a NaN or ref is 0 where out is not)."""
     out, ref = out.double().cpu(), ref.double().cpu()

@@ -1,0 +1,34 @@
+"""The benchmark's code paths on the CPU (no speed is asserted)."""
+import json
+
+import pytest
+
+from fastconv import bench
+
+
+def test_quick_cpu_run_writes_valid_json_and_plots(tmp_path):
+    result = bench.main(["--quick", "--out", str(tmp_path), "--name", "quick"])
+    data = json.loads((tmp_path / "quick.json").read_text())
+    assert data["env"]["torch"] and data["rows"] == json.loads(json.dumps(result["rows"]))
+    providers = {r["provider"] for r in data["rows"]}
+    assert {"eager", "torch", "triton-interpreter"} <= providers
+    for row in data["rows"]:
+        assert row["rel_err_vs_eager"] < 1e-5, row
+        if row["provider"] != "triton-interpreter":
+            assert row["median_ms"] > 0 and row["GB/s"] > 0
+    assert "| conv1x1_relu |" in (tmp_path / "quick.md").read_text()
+    assert (tmp_path / "quick_speedup.png").stat().st_size > 0
+    assert bench.main(["plot", "--from-json", str(tmp_path / "quick.json")])["rows"]
+
+
+def test_filters():
+    rows, _ = bench.run_ops(["fp32"], [1], quick=True, op_filter=["residual_add"],
+                            provider_filter=["eager"], progress=False)
+    assert {r["op"] for r in rows if r["provider"] == "eager"} == {"residual_add"}
+
+
+@pytest.mark.parametrize("name", ["resnet50"])
+def test_models_level_on_cpu(name, tmp_path):
+    rows = bench.run_models([name], batch=1, dtype_name="fp32", provider_filter=None, train_step=False)
+    assert {r["provider"] for r in rows} == {"eager", "torch"}
+    assert all(r["rel_err_vs_eager"] < 1e-4 and r["images/s"] > 0 for r in rows)
