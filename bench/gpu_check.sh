@@ -9,8 +9,8 @@
 #   dtypes.md/json  fp16 / fp32 / tf32 ops (batch 128)
 #   models.md/json  ResNet-50 and GoogLeNet bf16, batch 128: images/s, CUDA graphs, train step
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (default $OUT, else bench/results/latest)
-# The GPU machine has python3 with torch, triton, torchvision, pybind11, pytest, no registry.
-# If .whl/ holds pytest-xdist and execnet wheels (bench/README.md), the tests use 8 processes.
+# The GPU machine has python3 with torch, triton, torchvision, pybind11, pytest, pytest-xdist
+# and matplotlib, and no registry.
 # Budget: 7.5 minutes in all; each step gets at most its cap and what is left of the budget.
 set -u
 OUT_DIR="${1:-${OUT:-bench/results/latest}}"
@@ -28,10 +28,6 @@ step "environment"
   nvcc --version | tail -1
   echo "commit $(git rev-parse HEAD 2>/dev/null), $(git status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files"
 } >> "$LOG" 2>&1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >> "$LOG" 2>&1 \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
 
 step "build: pip install --no-build-isolation --no-deps -e ."
 timeout "$(left 180)" python3 -m pip install --no-build-isolation --no-deps -e . >> "$LOG" 2>&1 \

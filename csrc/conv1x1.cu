@@ -275,7 +275,9 @@ cudaError_t relu_grad_bias(const void* grad, const void* y, void* grad_in, void*
   const int64_t P = sizes.d[0] * sizes.d[2] * sizes.d[3];
   if (P == 0 || sizes.d[1] == 0) return cudaSuccess;
   constexpr int threads = 128;
-  constexpr int64_t pixels_per_block = 256;  // enough blocks to fill the GPU, few atomics
+  // 256 pixels a block: enough blocks to fill the GPU, few atomics; more where the grid's
+  // y dimension (at most 65535) would not cover all pixels.
+  const int64_t pixels_per_block = P / 256 < 65535 ? 256 : (P + 65534) / 65535;
   const dim3 grid(static_cast<unsigned>((sizes.d[1] + threads - 1) / threads),
                   static_cast<unsigned>((P + pixels_per_block - 1) / pixels_per_block));
   return dispatch(dtype, [&](auto tag) {

@@ -89,6 +89,16 @@ def _check_name(name):
 CUDA_PREFERRED_OPS = frozenset()
 
 
+def launchers(name: str):
+    """The module of kernel launchers of backend "triton" or "cuda" (same names and
+    signatures: binary, conv1x1, relu_grad_bias, pool_forward, pool_backward)."""
+    if name == "triton":
+        from fastconv import _triton
+        return _triton
+    from fastconv import _cuda
+    return _cuda
+
+
 def resolve(device: torch.device, op: str) -> str:
     """The backend that runs `op` on tensors of `device`; raises if the chosen one cannot."""
     name = get_backend()

@@ -185,10 +185,6 @@ def _trace_mode_independent(module):
     return gm
 
 
-def _users(node):
-    return list(node.users)
-
-
 def _is_relu(node, modules):
     if node.op == "call_module":
         return type(modules.get(node.target)) is nn.ReLU
@@ -198,7 +194,8 @@ def _is_relu(node, modules):
 
 
 def _only_user(node):
-    users = _users(node)
+    """The node's single user, if it takes the node as its first argument."""
+    users = list(node.users)
     return users[0] if len(users) == 1 and users[0].args and users[0].args[0] is node else None
 
 
@@ -213,7 +210,7 @@ def _rewrite(gm, path, shapes, report):
         if type(module) is nn.Conv2d:
             _rewrite_conv(gm, node, module, modules, calls, name, report)
         elif type(module) in (nn.MaxPool2d, nn.AvgPool2d):
-            new = _convert_pool(module, name, shapes, report, shape_key=name)
+            new = _convert_pool(module, name, shapes, report)
             if new is not module:
                 gm.set_submodule(node.target, new)
     for node in list(gm.graph.nodes):
@@ -284,7 +281,7 @@ def _rewrite_add_relu(gm, relu, path, report):
     report.replaced.append((_join(path, _site(add)), "relu(a + b)", "residual_add"))
 
 
-def _convert_pool(pool, name, shapes, report, shape_key=None):
+def _convert_pool(pool, name, shapes, report):
     is_max = type(pool) is nn.MaxPool2d
     args = dict(kernel_size=pool.kernel_size, stride=pool.stride, padding=pool.padding,
                 ceil_mode=pool.ceil_mode)
@@ -298,7 +295,7 @@ def _convert_pool(pool, name, shapes, report, shape_key=None):
             report.skipped.append((name, "avg pool with divisor_override"))
             return pool
         check = dict(is_max=False, count_include_pad=pool.count_include_pad)
-    size = (shapes or {}).get(shape_key or name)
+    size = (shapes or {}).get(name)
     if shapes is not None and size is not None:
         if not fusion.pool_is_same(size, **args, **check):
             report.skipped.append((name, f"pool pads symmetrically: not SAME on {size[0]}x{size[1]}"))

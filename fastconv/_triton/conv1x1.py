@@ -11,6 +11,7 @@ write 128 B/pixel, weights stay in L2: 48 FLOP/B, far below the H100's ~266
 ridge, so memory-bound. Fusing bias+ReLU into the epilogue saves eager's second
 pass (read + write the output again: 256 B/pixel).
 """
+import torch
 import triton
 import triton.language as tl
 
@@ -77,9 +78,17 @@ def _tiles(m, cout, cin):
     return block_m, block_n, block_k, 8 if block_n >= 128 else 4
 
 
-def conv1x1(x, w2d, bias, out, stride, relu, precision):
-    """out (dense NCHW/NHWC) = [relu](conv1x1(x, w2d [Cout, Cin], bias, stride)).
-    precision: "ieee" or "tf32" for float32 inputs (ignored for 16-bit)."""
+def _precision(dtype, tf32):
+    """tl.dot's input precision: TF32 or IEEE for float32, IEEE for float64, native for 16-bit."""
+    if dtype == torch.float32:
+        return "tf32" if tf32 else "ieee"
+    return "ieee" if dtype == torch.float64 else None
+
+
+def conv1x1(x, weight, bias, out, stride, relu, tf32):
+    """out (dense NCHW/NHWC) = [relu](conv1x1(x, weight [Cout, Cin(, 1, 1)], bias, stride));
+    tf32: float32 inputs may be rounded to TF32 in the dot."""
+    w2d = weight if weight.dim() == 2 else weight[:, :, 0, 0]
     N, COUT, OH, OW = out.shape
     M, CIN = N * OH * OW, x.shape[1]
     if out.numel() == 0:
@@ -88,7 +97,7 @@ def conv1x1(x, w2d, bias, out, stride, relu, precision):
     grid = (triton.cdiv(M, bm) * triton.cdiv(COUT, bn),)
     _conv1x1_kernel[grid](x, w2d, bias if bias is not None else w2d, out, M, COUT, CIN, OH, OW,
                           stride, *x.stride(), *w2d.stride(), *out.stride(),
-                          HAS_BIAS=bias is not None, RELU=relu, PRECISION=precision, ACC=acc_type(x),
+                          HAS_BIAS=bias is not None, RELU=relu, PRECISION=_precision(x.dtype, tf32), ACC=acc_type(x),
                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
                           num_warps=warps, num_stages=3)
     return out

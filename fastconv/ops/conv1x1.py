@@ -37,13 +37,6 @@ def _out_shape(x, weight, stride):
     return (N, weight.shape[0], (H - 1) // stride + 1, (W - 1) // stride + 1)
 
 
-def _precision(dtype):
-    """tl.dot precision: fp32 follows PyTorch's convolution flag, as eager cuDNN does."""
-    if dtype == torch.float32:
-        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-    return "ieee" if dtype == torch.float64 else None
-
-
 @torch.library.custom_op("fastconv::conv1x1_relu", mutates_args=())
 def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                     stride: int = 1, relu: bool = True) -> Tensor:
@@ -56,14 +49,9 @@ def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         # a no-op unless the conv library chose another layout than the rule for x
         return y.contiguous(memory_format=_checks.out_memory_format(x))
     out = _checks.empty_like_layout(x, _out_shape(x, weight, stride))
-    if backend == "triton":
-        from fastconv._triton import conv1x1
-        w2 = weight if weight.dim() == 2 else weight[:, :, 0, 0]
-        conv1x1.conv1x1(x, w2, bias, out, stride, relu, _precision(x.dtype))
-    else:
-        from fastconv import _cuda
-        _cuda.conv1x1(x, weight, bias, out, stride, relu,
-                      x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32)
+    # float32 follows PyTorch's convolution flag, as eager cuDNN does
+    _backend.launchers(backend).conv1x1(x, weight, bias, out, stride, relu,
+                                        tf32=torch.backends.cudnn.allow_tf32)
     return out
 
 
@@ -78,17 +66,12 @@ def relu_bias_backward_op(grad: Tensor, out: Tensor, relu: bool) -> tuple[Tensor
     """(g, bias_grad): g = grad masked where out <= 0 (if relu), bias_grad = g summed over N, H, W."""
     backend = _backend.resolve(grad.device, "relu_bias_backward")
     g = _checks.empty_like_layout(out, out.shape)
+    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
     if backend == "torch":
         g.copy_(torch.where(out <= 0, 0.0, grad) if relu else grad)
-        return g, g.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
-    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        return g, g.sum((0, 2, 3), dtype=acc_dtype).to(grad.dtype)
     bias_grad = torch.zeros(grad.shape[1], dtype=acc_dtype, device=grad.device)
-    if backend == "triton":
-        from fastconv._triton import conv1x1
-        conv1x1.relu_grad_bias(grad, out, g, bias_grad, relu)
-    else:
-        from fastconv import _cuda
-        _cuda.relu_grad_bias(grad, out, g, bias_grad, relu)
+    _backend.launchers(backend).relu_grad_bias(grad, out, g, bias_grad, relu)
     return g, bias_grad.to(grad.dtype)
 
 

@@ -67,13 +67,7 @@ def _pool(x, kernel_size, stride, is_max):
         return y.contiguous(memory_format=_checks.out_memory_format(x))
     geometry, out_hw, _ = same_geometry(x.shape[2], x.shape[3], kernel_size, stride)
     out = _checks.empty_like_layout(x, tuple(x.shape[:2]) + out_hw)
-    if backend == "triton":
-        from fastconv._triton import pool_same
-        pool_same.pool_forward(x, out, None, geometry, is_max)
-    else:
-        from fastconv import _cuda
-        _cuda.pool_forward(x, out, None, geometry, is_max)
-    return out
+    return _backend.launchers(backend).pool_forward(x, out, None, geometry, is_max)
 
 
 def _fake_pool(x, kernel_size, stride):
@@ -108,16 +102,12 @@ def pool2d_same_backward_op(grad: Tensor, x: Tensor, kernel_size: List[int],
     geometry, _, _ = same_geometry(x.shape[2], x.shape[3], kernel_size, stride)
     x_grad = _checks.empty_like_layout(x, x.shape)
     idx = None
-    if backend == "triton":
-        from fastconv._triton import pool_same as kernels
-    else:
-        from fastconv import _cuda as kernels
+    kernels = _backend.launchers(backend)
     if is_max:
         scratch = _checks.empty_like_layout(x, grad.shape)
         idx = _checks.empty_like_layout(x, grad.shape, torch.int32)
         kernels.pool_forward(x, scratch, idx, geometry, True)
-    kernels.pool_backward(grad, x_grad, idx, geometry, is_max)
-    return x_grad
+    return kernels.pool_backward(grad, x_grad, idx, geometry, is_max)
 
 
 @pool2d_same_backward_op.register_fake

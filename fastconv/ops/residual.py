@@ -21,13 +21,7 @@ def _check(x, residual):
 def _run_binary(a, b, op, backend, like):
     """out = op(a, b) in the layout of `like`, on `backend` (not "torch")."""
     out = _checks.empty_like_layout(like, like.shape)
-    if backend == "triton":
-        from fastconv._triton import elementwise
-        elementwise.binary(a, b, out, op)
-    else:
-        from fastconv import _cuda
-        _cuda.binary(a, b, out, op)
-    return out
+    return _backend.launchers(backend).binary(a, b, out, op)
 
 
 @torch.library.custom_op("fastconv::residual_add", mutates_args=())
