@@ -126,5 +126,7 @@ def conv1x1_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     bias: [Cout] or None. relu=False gives the plain 1x1 conv. float32 follows
     torch.backends.cudnn.allow_tf32 (TF32 when True), as eager convolution does.
     """
-    _check(x, weight, bias, stride)  # here too, so a bad type gets our error, not a schema error
+    if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and type(stride) is int
+            and (bias is None or isinstance(bias, Tensor))):
+        _check(x, weight, bias, stride)  # our TypeError/ValueError, not the schema's RuntimeError
     return conv1x1_relu_op(x, weight, bias, stride, relu)

@@ -141,7 +141,8 @@ def max_pool2d_same(x: Tensor, kernel_size, stride=None) -> Tensor:
 
     kernel_size, stride: an int or a pair; stride defaults to kernel_size.
     """
-    _checks.check_tensor(x, "x", ndim=4)
+    if not isinstance(x, Tensor):
+        _checks.check_tensor(x, "x")  # our TypeError, not the schema's RuntimeError
     return max_pool2d_same_op(x, *_args(kernel_size, stride))
 
 
@@ -150,5 +151,6 @@ def avg_pool2d_same(x: Tensor, kernel_size, stride=None) -> Tensor:
 
     kernel_size, stride: an int or a pair; stride defaults to kernel_size.
     """
-    _checks.check_tensor(x, "x", ndim=4)
+    if not isinstance(x, Tensor):
+        _checks.check_tensor(x, "x")  # our TypeError, not the schema's RuntimeError
     return avg_pool2d_same_op(x, *_args(kernel_size, stride))

@@ -75,5 +75,6 @@ def residual_add(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
     x and residual: same shape [N, C, H, W], dtype and device; any strides.
     The output has the layout eager PyTorch would give (x's memory format).
     """
-    _check(x, residual)  # here too, so a non-tensor gets our TypeError, not a schema error
+    if not (isinstance(x, Tensor) and isinstance(residual, Tensor)):
+        _check(x, residual)  # our TypeError, not the schema's RuntimeError
     return residual_add_op(x, residual, relu)
