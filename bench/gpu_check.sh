@@ -7,7 +7,8 @@
 #   tests.log    pytest on the GPU
 #   ops.md/json  bf16 ops: triton, cuda, eager, torch.compile (batch 128)
 #   dtypes.md/json  fp16 / fp32 / tf32 ops (batch 128)
-#   models.md/json  ResNet-50 and GoogLeNet bf16, batch 128: images/s, CUDA graphs, train step
+#   models.md/json  ResNet-50 and GoogLeNet bf16, batch 128: images/s vs eager and compile,
+#                   CUDA graphs, a training step
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (default $OUT, else bench/results/latest)
 # The GPU machine has python3 with torch, triton, torchvision, pybind11, pytest, pytest-xdist
 # and matplotlib, and no registry.
@@ -50,9 +51,9 @@ timeout "$(left 100)" python3 -m fastconv.bench ops --dtype bf16 --batch 128 \
   --provider eager triton cuda compile --out "$OUT_DIR" --name ops > /dev/null 2>> "$LOG"
 echo "exit $?" | tee -a "$LOG"
 
-step "models, bf16: ResNet-50 and GoogLeNet, batch 128"
-timeout "$(left 100)" python3 -m fastconv.bench models --dtype bf16 --batch 128 \
-  --provider eager triton cuda --out "$OUT_DIR" --name models > /dev/null 2>> "$LOG"
+step "models, bf16: ResNet-50 and GoogLeNet, batch 128, against eager and torch.compile"
+timeout "$(left 150)" python3 -m fastconv.bench models --dtype bf16 --batch 128 \
+  --provider eager triton cuda compile --out "$OUT_DIR" --name models > /dev/null 2>> "$LOG"
 echo "exit $?" | tee -a "$LOG"
 
 step "ops, fp16 / fp32 / tf32 (batch 128)"

@@ -97,21 +97,68 @@ def pool_case(kind, n, c, hw, k, s, dtype, device):
                 es * n * c * (hw * hw + ohw * ohw))
 
 
-def op_cases(dtype, device, batches, quick):
-    """The ops at shapes of ResNet-50 and GoogLeNet (torchvision), at each batch size."""
+# A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
+# (op, channels in, size, channels out / kernel, stride, relu); the first of each op form --quick.
+KEY_SHAPES = [
+    ("conv", 64, 56, 256, 1, True), ("conv", 256, 56, 64, 1, True), ("conv", 256, 56, 512, 2, False),
+    ("conv", 1024, 14, 256, 1, True), ("conv", 192, 28, 64, 1, True), ("conv", 832, 7, 384, 1, True),
+    ("residual", 256, 56), ("residual", 1024, 14), ("residual", 2048, 7),
+    ("max", 64, 112, 3, 2), ("max", 192, 28, 3, 1), ("max", 480, 28, 3, 2), ("avg", 1024, 7, 3, 1),
+]
+
+
+def model_shapes(names=("resnet50", "googlenet")):
+    """Every distinct fused-op call of fastconv's models at 224x224, in the KEY_SHAPES form:
+    the models run once on the meta device (no memory, no math) while a dispatch mode
+    records the fastconv ops they call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastconv import models
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "fastconv":
+                op, x = func.__name__.split(".")[0], args[0]
+                _, c, h, _ = x.shape
+                if op == "conv1x1_relu":
+                    stride, relu = (list(args[3:5]) + [1, True][len(args[3:5]):])
+                    self.shapes.append(("conv", c, h, args[1].shape[0], stride, relu))
+                elif op == "residual_add":
+                    self.shapes.append(("residual", c, h))
+                else:
+                    self.shapes.append((op.split("_")[0], c, h, args[1][0], args[2][0]))
+            return func(*args, **(kwargs or {}))
+
+    recorder = Recorder()
+    for name in names:
+        with torch.device("meta"):
+            model = getattr(models, name)().eval()
+            x = torch.empty(1, 3, 224, 224)
+        with recorder, torch.no_grad():
+            model(x)
+    return list(dict.fromkeys(recorder.shapes))
+
+
+def op_cases(dtype, device, batches, shapes):
+    """Cases at each batch size for the shapes "quick" (one of each op form), "key"
+    (KEY_SHAPES) or "models" (every distinct call of ResNet-50 and GoogLeNet)."""
+    specs = model_shapes() if shapes == "models" else KEY_SHAPES
+    if shapes == "quick":
+        specs = [KEY_SHAPES[i] for i in (0, 1, 6, 9, 10)]
     cases = []
     for n in batches:
-        convs = [(64, 56, 256, 1), (256, 56, 64, 1), (256, 56, 512, 2), (1024, 14, 256, 1),
-                 (192, 28, 64, 1), (192, 28, 96, 1), (480, 14, 192, 1), (832, 7, 384, 1)]
-        residuals = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
-        pools = [("max", 192, 28, 3, 1), ("max", 64, 112, 3, 2), ("max", 480, 28, 3, 2),
-                 ("avg", 1024, 7, 3, 1)]
-        if quick:
-            convs, residuals, pools = convs[:2], residuals[:1], pools[:2]
-        cases += [conv_case(n, ci, hw, co, s, dtype, device) for ci, hw, co, s in convs]
-        cases += [conv_case(n, 256, 56, 512, 2, dtype, device, relu=False)] if not quick else []
-        cases += [residual_case(n, c, hw, dtype, device) for c, hw in residuals]
-        cases += [pool_case(kind, n, c, hw, k, s, dtype, device) for kind, c, hw, k, s in pools]
+        for kind, *spec in specs:
+            if kind == "conv":
+                cin, hw, cout, stride, relu = spec
+                cases.append(conv_case(n, cin, hw, cout, stride, dtype, device, relu))
+            elif kind == "residual":
+                cases.append(residual_case(n, *spec, dtype, device))
+            else:
+                cases.append(pool_case(kind, n, *spec, dtype, device))
     return cases
 
 
@@ -149,14 +196,14 @@ def providers(on_gpu, wanted):
     return {k: v for k, v in names.items() if not wanted or k in wanted}
 
 
-def run_ops(dtype_names, batches, quick, op_filter, provider_filter, progress=True):
+def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=True):
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     rows = []
     bw = copy_bandwidth() if on_gpu else None
     provs = providers(on_gpu, provider_filter)
     plan = [(dn, c) for dn in dtype_names
-            for c in op_cases(DTYPES[dn], device, batches, quick)
+            for c in op_cases(DTYPES[dn], device, batches, shapes)
             if not op_filter or c.op in op_filter]
     for i, (dn, case) in enumerate(plan):
         torch.backends.cudnn.allow_tf32 = dn == "tf32"
@@ -343,7 +390,7 @@ def _on(backend, fn, inputs):
 def interpreter_check():
     """CPU only: the Triton kernels through the interpreter against float64, at a small size."""
     rows = []
-    for case in op_cases(torch.float32, "cpu", [2], quick=True):
+    for case in op_cases(torch.float32, "cpu", [2], "quick"):
         small = _shrink(case)
         inputs = small.make()
         with torch.no_grad(), fastconv.use_backend("triton"):
@@ -415,6 +462,8 @@ def main(argv=None):
     p.add_argument("--from-json", default=None, help="with 'plot': a result JSON written by --out")
     p.add_argument("--quick", action="store_true", help="a sub-minute subset")
     p.add_argument("--model", nargs="+", default=None, choices=list(MODEL_TWINS))
+    p.add_argument("--shapes", default="key", choices=["key", "models"],
+                   help="ops: a few key shapes, or every distinct call of ResNet-50 and GoogLeNet")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--batch", nargs="+", type=int, default=None)
     p.add_argument("--op", nargs="+", default=None, help="e.g. conv1x1_relu residual_add")
@@ -440,7 +489,8 @@ def main(argv=None):
     result = {"env": env}
     md = ""
     if args.level in ("ops", "all"):
-        rows, bw = run_ops(dtypes, batches, args.quick or not on_gpu, args.op, args.provider)
+        shapes = "quick" if args.quick or not on_gpu else args.shapes
+        rows, bw = run_ops(dtypes, batches, shapes, args.op, args.provider)
         result.update({"copy_GB/s": bw, "rows": rows})
         md += markdown(rows, env, bw)
     if args.level in ("models", "all"):

@@ -22,9 +22,18 @@ def test_quick_cpu_run_writes_valid_json_and_plots(tmp_path):
 
 
 def test_filters():
-    rows, _ = bench.run_ops(["fp32"], [1], quick=True, op_filter=["residual_add"],
+    rows, _ = bench.run_ops(["fp32"], [1], "quick", op_filter=["residual_add"],
                             provider_filter=["eager"], progress=False)
     assert {r["op"] for r in rows if r["provider"] == "eager"} == {"residual_add"}
+
+
+def test_shapes_enumerated_from_the_models():
+    shapes = bench.model_shapes()
+    assert ("conv", 64, 56, 256, 1, False) in shapes      # ResNet-50 layer1 conv3 (no ReLU)
+    assert ("residual", 2048, 7) in shapes                # ResNet-50 layer4
+    assert ("conv", 192, 28, 64, 1, True) in shapes       # GoogLeNet inception3a branch1
+    assert ("max", 480, 28, 3, 2) in shapes               # GoogLeNet maxpool3
+    assert len(shapes) == len(set(shapes)) > 40
 
 
 @pytest.mark.parametrize("name", ["resnet50"])

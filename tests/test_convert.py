@@ -9,6 +9,7 @@ from torch import nn
 import fastconv
 from fastconv import models, reference
 from fastconv.reference import randomize_batchnorm
+from tests.conftest import gpu
 
 
 # name: (builder, {pattern: count} at 224x224)
@@ -134,6 +135,15 @@ def test_converted_model_state_dict_twice_compile_and_dtype():
     compiled = torch.compile(converted, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert reference.rel_error(compiled(x), original.float()(x)) < 1e-4
+
+
+@gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_converted_resnet50_on_gpu_backends(backend):
+    original = randomize_batchnorm(tvm.resnet50()).eval().cuda()
+    x = torch.randn(8, 3, 224, 224, device="cuda")
+    converted = fastconv.convert(original, example_input=x)
+    _check_equal(original, converted, x, backend, tol=1e-3)  # IEEE fp32 both sides, 50 layers deep
 
 
 def test_untraceable_sequential_falls_back_by_position():
