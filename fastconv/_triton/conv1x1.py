@@ -23,7 +23,7 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, COUT, CIN, OH, OW, STRIDE,
                     sx_n, sx_c, sx_h, sx_w, sw_o, sw_i, so_n, so_c, so_h, so_w,
                     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr):
+                    GROUP_M: tl.constexpr, USE_DOT: tl.constexpr):
     # Grouped program order (as in Triton's matmul tutorial): GROUP_M row tiles
     # share each weight column tile while it is hot in L2.
     pid = tl.program_id(0)
@@ -56,7 +56,10 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, COUT, CIN, OH, OW, STRIDE,
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(w_ptr + ks[:, None] * sw_i + cols[None, :] * sw_o,
                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if USE_DOT:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        else:  # float64 (gradcheck): tl.dot has no fp64 path on every Triton; small tiles
+            acc += tl.sum(a.to(ACC)[:, :, None] * b.to(ACC)[None, :, :], axis=1)
 
     # Epilogue: bias and ReLU on the fp32 accumulator, one rounding, one store.
     if HAS_BIAS:
@@ -67,11 +70,14 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, COUT, CIN, OH, OW, STRIDE,
              acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-def _tiles(m, cout, cin):
+def _tiles(m, cout, cin, dtype):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). CNN 1x1 convs have many pixels and
     16..2048 channels: 128 pixel rows per tile keep the tensor cores fed, the
     output-channel tile covers small Couts in one pass (no re-reading x), and
-    BLOCK_K=32 keeps a 3-stage pipeline within shared memory. tl.dot needs >= 16."""
+    BLOCK_K=32 keeps a 3-stage pipeline within shared memory. tl.dot needs >= 16.
+    float64 multiplies without tl.dot, through a [M, K, N] product: small tiles."""
+    if dtype == torch.float64:
+        return 32, 32, 8, 4
     block_n = min(max(triton.next_power_of_2(cout), 16), 128)
     block_k = min(max(triton.next_power_of_2(cin), 16), 32)
     block_m = 128 if m >= 128 else 64
@@ -93,12 +99,13 @@ def conv1x1(x, weight, bias, out, stride, relu, tf32):
     M, CIN = N * OH * OW, x.shape[1]
     if out.numel() == 0:
         return out
-    bm, bn, bk, warps = _tiles(M, COUT, CIN)
+    bm, bn, bk, warps = _tiles(M, COUT, CIN, x.dtype)
     grid = (triton.cdiv(M, bm) * triton.cdiv(COUT, bn),)
     _conv1x1_kernel[grid](x, w2d, bias if bias is not None else w2d, out, M, COUT, CIN, OH, OW,
                           stride, *x.stride(), *w2d.stride(), *out.stride(),
                           HAS_BIAS=bias is not None, RELU=relu, PRECISION=_precision(x.dtype, tf32), ACC=acc_type(x),
                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
+                          USE_DOT=x.dtype != torch.float64,
                           num_warps=warps, num_stages=3)
     return out
 
