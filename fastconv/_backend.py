@@ -89,6 +89,10 @@ def _check_name(name):
 CUDA_PREFERRED_OPS = frozenset()
 
 
+# The `op` codes of the launchers' binary(a, b, out, op) (csrc/fastconv.h's BinaryOp).
+BINARY_ADD, BINARY_ADD_RELU, BINARY_RELU_GRAD = 0, 1, 2
+
+
 def launchers(name: str):
     """The module of kernel launchers of backend "triton" or "cuda" (same names and
     signatures: binary, conv1x1, relu_grad_bias, pool_forward, pool_backward)."""

@@ -9,9 +9,6 @@ import triton.language as tl
 
 import torch
 
-OP_ADD, OP_ADD_RELU, OP_RELU_GRAD = 0, 1, 2
-
-
 def acc_type(t):
     """Arithmetic dtype of the kernels: fp32 (fp64 for float64 tensors, so gradcheck can run)."""
     return tl.float64 if t.dtype == torch.float64 else tl.float32
@@ -53,6 +50,7 @@ def _binary_kernel(a_ptr, b_ptr, out_ptr, numel, C, H, W,
         b_offs = n * sb_n + c * sb_c + h * sb_h + w * sb_w
     a = tl.load(a_ptr + a_offs, mask=mask).to(ACC)
     b = tl.load(b_ptr + b_offs, mask=mask).to(ACC)
+    # OP: fastconv._backend.BINARY_ADD (0), BINARY_ADD_RELU (1), BINARY_RELU_GRAD (2)
     if OP == 2:  # ReLU backward: a = grad, b = relu output; as torch, 0 where out <= 0
         y = tl.where(b <= 0.0, 0.0, a)
     else:

@@ -31,7 +31,8 @@ def residual_add_op(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
     if backend == "torch":
         out = torch.add(x, residual, out=_checks.empty_like_layout(x, x.shape))
         return out.relu_() if relu else out
-    return _run_binary(x, residual, 1 if relu else 0, backend, like=x)
+    op = _backend.BINARY_ADD_RELU if relu else _backend.BINARY_ADD
+    return _run_binary(x, residual, op, backend, like=x)
 
 
 @residual_add_op.register_fake
@@ -47,7 +48,7 @@ def relu_backward_op(grad: Tensor, out: Tensor) -> Tensor:
     if backend == "torch":
         return torch.where(out <= 0, grad.new_zeros(()), grad,
                            out=_checks.empty_like_layout(out, out.shape))
-    return _run_binary(grad, out, 2, backend, like=out)
+    return _run_binary(grad, out, _backend.BINARY_RELU_GRAD, backend, like=out)
 
 
 @relu_backward_op.register_fake
