@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from fastconv import ops
+from fastconv.fusion import pool_is_same
 
 
 class Conv1x1ReLU(nn.Module):
@@ -81,7 +82,6 @@ class FusedMaxPool2d(nn.MaxPool2d):
     pool on even sizes pads symmetrically, which SAME does not)."""
 
     def forward(self, x):
-        from fastconv.fusion import pool_is_same
         if not self.return_indices and pool_is_same(x.shape[-2:], self.kernel_size, self.stride,
                                                     self.padding, self.ceil_mode,
                                                     dilation=self.dilation):
@@ -94,7 +94,6 @@ class FusedAvgPool2d(nn.AvgPool2d):
     (the same windows, no padding counted), and on PyTorch's kernel otherwise."""
 
     def forward(self, x):
-        from fastconv.fusion import pool_is_same
         if self.divisor_override is None and pool_is_same(
                 x.shape[-2:], self.kernel_size, self.stride, self.padding, self.ceil_mode,
                 is_max=False, count_include_pad=self.count_include_pad):
