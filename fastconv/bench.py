@@ -494,7 +494,7 @@ def main(argv=None):
         result.update({"copy_GB/s": bw, "rows": rows})
         md += markdown(rows, env, bw)
     if args.level in ("models", "all"):
-        names = args.model or (["resnet50"] if args.quick or not on_gpu else ["resnet50", "googlenet"])
+        names = args.model or (["resnet50"] if args.quick or not on_gpu else list(MODEL_TWINS))
         batch = (args.batch or [128 if on_gpu else 2])[0]
         rows = run_models(names, batch, dtypes[0], args.provider, train_step=not args.quick)
         result["model_rows"] = rows
