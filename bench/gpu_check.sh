@@ -52,7 +52,7 @@ timeout "$(left 100)" python3 -m fastconv.bench ops --dtype bf16 --batch 128 \
 echo "exit $?" | tee -a "$LOG"
 
 step "models, bf16: ResNet-50 and GoogLeNet, batch 128, against eager and torch.compile"
-timeout "$(left 150)" python3 -m fastconv.bench models --dtype bf16 --batch 128 \
+timeout "$(left 150)" python3 -m fastconv.bench models --model resnet50 googlenet --dtype bf16 --batch 128 \
   --provider eager triton cuda compile --out "$OUT_DIR" --name models > /dev/null 2>> "$LOG"
 echo "exit $?" | tee -a "$LOG"
 
