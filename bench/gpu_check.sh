@@ -37,7 +37,7 @@ timeout "$(left 180)" python3 -m pip install --no-build-isolation --no-deps -e .
 
 step "tests on the GPU"
 par=""; python3 -c "import xdist" 2>/dev/null && par="-n 8"
-timeout "$(left 170)" python3 -m pytest tests -q -p no:cacheprovider $par -x --maxfail=20 --durations=15 \
+timeout "$(left 170)" python3 -m pytest tests -q -p no:cacheprovider $par --maxfail=50 --durations=15 \
   > "$OUT_DIR/tests.log" 2>&1
 echo "pytest exit $?: $(tail -1 "$OUT_DIR/tests.log")" | tee -a "$LOG"
 
