@@ -1,0 +1,3 @@
+from fastconv.bench.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""What is benchmarked: each op at a shape, with its minimum DRAM traffic, and the shapes
+(a key list, or every distinct fused-op call of ResNet-50 and GoogLeNet)."""
+import torch
+import torch.nn.functional as F
+
+import fastconv
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          "tf32": torch.float32}
+
+
+class Case:
+    """One op at one shape: inputs, the fastconv call, the eager pattern, and its
+    minimum DRAM traffic (every input read once, every output written once)."""
+
+    def __init__(self, op, label, make, ours, eager, min_bytes, flops=0):
+        self.op, self.label = op, label
+        self.make, self.ours, self.eager = make, ours, eager
+        self.min_bytes, self.flops = min_bytes, flops
+
+
+def _nhwc(shape, dtype, device):
+    return torch.randn(shape, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def conv_case(n, cin, hw, cout, stride, dtype, device, relu=True):
+    def make():
+        x = _nhwc((n, cin, hw, hw), dtype, device)
+        w = (torch.randn(cout, cin, 1, 1, device=device) / cin ** 0.5).to(dtype)
+        return x, w, torch.randn(cout, device=device).to(dtype)
+
+    def eager(x, w, b):
+        y = F.conv2d(x, w, b, stride)
+        return torch.relu(y) if relu else y
+
+    ohw = (hw - 1) // stride + 1
+    es = torch.finfo(dtype).bits // 8
+    return Case("conv1x1_relu" if relu else "conv1x1", f"{n}x{cin}x{hw}x{hw}->{cout}/s{stride}", make,
+                lambda x, w, b: fastconv.conv1x1_relu(x, w, b, stride, relu), eager,
+                es * (n * ohw * ohw * (cin + cout) + cout * cin + cout), 2 * n * ohw * ohw * cin * cout)
+
+
+def residual_case(n, c, hw, dtype, device):
+    def make():
+        return _nhwc((n, c, hw, hw), dtype, device), _nhwc((n, c, hw, hw), dtype, device)
+
+    def eager(x, r):  # what a torchvision block does: out += identity; relu(out)
+        return torch.relu(x + r)
+
+    es = torch.finfo(dtype).bits // 8
+    return Case("residual_add", f"{n}x{c}x{hw}x{hw}", make, fastconv.residual_add, eager,
+                3 * es * n * c * hw * hw)
+
+
+def pool_case(kind, n, c, hw, k, s, dtype, device):
+    ohw = -(-hw // s)
+    pad = max((ohw - 1) * s + k - hw, 0)
+    pads = (pad // 2, pad - pad // 2) * 2
+
+    def make():
+        return (_nhwc((n, c, hw, hw), dtype, device),)
+
+    if kind == "max":
+        ours = lambda x: fastconv.max_pool2d_same(x, k, s)  # noqa: E731
+        eager = lambda x: F.max_pool2d(F.pad(x, pads, value=float("-inf")), k, s)  # noqa: E731
+    else:  # eager SAME average: pooled sums over pooled counts of real cells
+        ours = lambda x: fastconv.avg_pool2d_same(x, k, s)  # noqa: E731
+        ones = torch.ones(1, 1, hw, hw, device=device, dtype=dtype)
+        count = F.avg_pool2d(F.pad(ones, pads), k, s, divisor_override=1)
+        eager = lambda x: F.avg_pool2d(F.pad(x, pads), k, s, divisor_override=1) / count  # noqa: E731
+    es = torch.finfo(dtype).bits // 8
+    return Case(f"{kind}_pool2d_same", f"{n}x{c}x{hw}x{hw} k{k}s{s}", make, ours, eager,
+                es * n * c * (hw * hw + ohw * ohw))
+
+
+# A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
+# (op, channels in, size, channels out / kernel, stride, relu); the first of each op form --quick.
+
+
+# A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
+# (op, channels in, size, channels out / kernel, stride, relu); the first of each op form --quick.
+KEY_SHAPES = [
+    ("conv", 64, 56, 256, 1, True), ("conv", 256, 56, 64, 1, True), ("conv", 256, 56, 512, 2, False),
+    ("conv", 1024, 14, 256, 1, True), ("conv", 192, 28, 64, 1, True), ("conv", 832, 7, 384, 1, True),
+    ("residual", 256, 56), ("residual", 1024, 14), ("residual", 2048, 7),
+    ("max", 64, 112, 3, 2), ("max", 192, 28, 3, 1), ("max", 480, 28, 3, 2), ("avg", 1024, 7, 3, 1),
+]
+
+
+def model_shapes(names=("resnet50", "googlenet")):
+    """Every distinct fused-op call of fastconv's models at 224x224, in the KEY_SHAPES form:
+    the models run once on the meta device (no memory, no math) while a dispatch mode
+    records the fastconv ops they call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastconv import models
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "fastconv":
+                op, x = func.__name__.split(".")[0], args[0]
+                _, c, h, _ = x.shape
+                if op == "conv1x1_relu":
+                    stride, relu = (list(args[3:5]) + [1, True][len(args[3:5]):])
+                    self.shapes.append(("conv", c, h, args[1].shape[0], stride, relu))
+                elif op == "residual_add":
+                    self.shapes.append(("residual", c, h))
+                else:
+                    self.shapes.append((op.split("_")[0], c, h, args[1][0], args[2][0]))
+            return func(*args, **(kwargs or {}))
+
+    recorder = Recorder()
+    for name in names:
+        with torch.device("meta"):
+            model = getattr(models, name)().eval()
+            x = torch.empty(1, 3, 224, 224)
+        with recorder, torch.no_grad():
+            model(x)
+    return list(dict.fromkeys(recorder.shapes))
+
+
+def op_cases(dtype, device, batches, shapes):
+    """Cases at each batch size for the shapes "quick" (one of each op form), "key"
+    (KEY_SHAPES) or "models" (every distinct call of ResNet-50 and GoogLeNet)."""
+    specs = model_shapes() if shapes == "models" else KEY_SHAPES
+    if shapes == "quick":
+        specs = [KEY_SHAPES[i] for i in (0, 1, 6, 9, 10)]
+    cases = []
+    for n in batches:
+        for kind, *spec in specs:
+            if kind == "conv":
+                cin, hw, cout, stride, relu = spec
+                cases.append(conv_case(n, cin, hw, cout, stride, dtype, device, relu))
+            elif kind == "residual":
+                cases.append(residual_case(n, *spec, dtype, device))
+            else:
+                cases.append(pool_case(kind, n, *spec, dtype, device))
+    return cases
