@@ -52,7 +52,7 @@ def available_backends() -> list:
 
 
 def set_backend(name: str) -> None:
-    """Set the backend for this thread (and the default for new threads)."""
+    """Set the backend of this thread, and the default of threads that have not chosen one."""
     global _default
     _check_name(name)
     _state.name = name

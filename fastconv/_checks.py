@@ -10,8 +10,10 @@ def check_tensor(t, name, ndim=None):
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating-point tensor "
                         f"(float16, bfloat16, float32 or float64), got {t.dtype}")
-    if ndim is not None and t.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
-        raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(t.shape)}")
+    ranks = (ndim,) if isinstance(ndim, int) else ndim
+    if ndim is not None and t.dim() not in ranks:
+        raise ValueError(f"{name} must be a {' or '.join(f'{r}-D' for r in ranks)} tensor, "
+                         f"got shape {tuple(t.shape)}")
 
 
 def check_same(t, ref, name, ref_name):
