@@ -79,12 +79,12 @@ class FusedMaxPool2d(nn.MaxPool2d):
     """An nn.MaxPool2d (same arguments, same state) that runs on fastconv's SAME
     kernel for every input on which its geometry equals SAME pooling (GoogLeNet's
     pools, 2x2/2 on even sizes), and on PyTorch's kernel otherwise (ResNet's stem
-    pool on even sizes pads symmetrically, which SAME does not)."""
+    pool on even sizes pads symmetrically, which SAME does not; unbatched input)."""
 
     def forward(self, x):
-        if not self.return_indices and pool_is_same(x.shape[-2:], self.kernel_size, self.stride,
-                                                    self.padding, self.ceil_mode,
-                                                    dilation=self.dilation):
+        if not self.return_indices and x.dim() == 4 and x.is_floating_point() and pool_is_same(
+                x.shape[-2:], self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                dilation=self.dilation):
             return ops.max_pool2d_same(x, self.kernel_size, self.stride or self.kernel_size)
         return super().forward(x)
 
@@ -94,7 +94,7 @@ class FusedAvgPool2d(nn.AvgPool2d):
     (the same windows, no padding counted), and on PyTorch's kernel otherwise."""
 
     def forward(self, x):
-        if self.divisor_override is None and pool_is_same(
+        if self.divisor_override is None and x.dim() == 4 and x.is_floating_point() and pool_is_same(
                 x.shape[-2:], self.kernel_size, self.stride, self.padding, self.ceil_mode,
                 is_max=False, count_include_pad=self.count_include_pad):
             return ops.avg_pool2d_same(x, self.kernel_size, self.stride or self.kernel_size)

@@ -56,6 +56,7 @@ def test_fused_pools_and_linear_relu_equal_their_torch_layers(size):
                          (fastconv.nn.FusedAvgPool2d(3, 1, 1, count_include_pad=False),
                           nn.AvgPool2d(3, 1, 1, count_include_pad=False))]:
         assert torch.allclose(fused(x), plain(x), atol=1e-6), fused
+        assert torch.allclose(fused(x[0]), plain(x[0]), atol=1e-6), fused  # unbatched
     lin = fastconv.nn.LinearReLU(12, 5)
     y = torch.randn(4, 3, 12)
     with torch.no_grad():
