@@ -28,8 +28,8 @@ constexpr int PAD = 8;  // shifts rows across banks
 
 struct Geom {
   int64_t M, cout, cin, OH, OW, stride;
-  Shape4 xst, ost;
-  int64_t w_o, w_i;  // weight strides [Cout, Cin]
+  Shape4 xst, ost, rst;  // x, out and residual strides
+  int64_t w_o, w_i;      // weight strides [Cout, Cin]
 };
 
 // MMA element type: the tensor type for 16-bit inputs, float (rounded to TF32) for fp32.
@@ -38,18 +38,19 @@ template <> struct Mma<float> { using type = wmma::precision::tf32; static const
 template <typename T> struct Smem { using type = T; };
 template <> struct Smem<float> { using type = float; };
 
-// Per-block row bookkeeping: the x and out offsets of each of the BM pixels (-1: past M).
+// Per-block row bookkeeping: the x, out and residual offsets of each of the BM pixels
+// (-1: past M).
 template <int BM>
-__device__ void row_offsets(const Geom& g, int64_t m0, int64_t* x_row, int64_t* o_row) {
+__device__ void row_offsets(const Geom& g, int64_t m0, int64_t* x_row, int64_t* o_row, int64_t* r_row) {
   for (int r = threadIdx.x; r < BM; r += THREADS) {
     const int64_t m = m0 + r;
     if (m < g.M) {
       const int64_t n = m / (g.OH * g.OW), oh = (m / g.OW) % g.OH, ow = m % g.OW;
       x_row[r] = n * g.xst.d[0] + oh * g.stride * g.xst.d[2] + ow * g.stride * g.xst.d[3];
       o_row[r] = n * g.ost.d[0] + oh * g.ost.d[2] + ow * g.ost.d[3];
+      r_row[r] = n * g.rst.d[0] + oh * g.rst.d[2] + ow * g.rst.d[3];
     } else {
-      x_row[r] = -1;
-      o_row[r] = -1;
+      x_row[r] = o_row[r] = r_row[r] = -1;
     }
   }
 }
@@ -79,10 +80,12 @@ __device__ void load_tile(const Geom& g, const T* __restrict__ x, const T* __res
   }
 }
 
-// Epilogue: C (accumulators in shared memory, [BM][ldc]) + bias, ReLU, one rounding, store.
+// Epilogue: C (accumulators in shared memory, [BM][ldc]) + bias + residual, ReLU, one
+// rounding, store.
 template <int BM, typename T, typename A>
 __device__ void store_epilogue(const Geom& g, const A* Cs, int ldc, const int64_t* o_row,
-                               int64_t j0, const T* __restrict__ bias, bool relu, T* __restrict__ out) {
+                               const int64_t* r_row, int64_t j0, const T* __restrict__ bias,
+                               const T* __restrict__ res, bool relu, T* __restrict__ out) {
   const bool j_fast = g.ost.d[1] == 1;  // NHWC out: channels contiguous
   for (int i = threadIdx.x; i < BM * BN; i += THREADS) {
     const int r = j_fast ? i / BN : i % BM, j = j_fast ? i % BN : i / BM;
@@ -90,6 +93,7 @@ __device__ void store_epilogue(const Geom& g, const A* Cs, int ldc, const int64_
     if (o_row[r] < 0 || jj >= g.cout) continue;
     A v = Cs[r * ldc + j];
     if (bias != nullptr) v += to_acc<A>(bias[jj]);
+    if (res != nullptr) v += to_acc<A>(res[r_row[r] + jj * g.rst.d[1]]);
     if (relu && v < A(0)) v = A(0);  // NaN stays NaN, as torch.relu
     out[o_row[r] + jj * g.ost.d[1]] = from_acc<T>(v);
   }
@@ -98,8 +102,8 @@ __device__ void store_epilogue(const Geom& g, const A* Cs, int ldc, const int64_
 // Tensor-core kernel: fp16 / bf16 (fp32 accumulate), or fp32 inputs rounded to TF32.
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 1) conv1x1_wmma(const T* __restrict__ x, const T* __restrict__ w,
-                                                        const T* __restrict__ bias, T* __restrict__ out,
-                                                        Geom g, bool relu) {
+                                                           const T* __restrict__ bias, const T* __restrict__ res,
+                                                           T* __restrict__ out, Geom g, bool relu) {
   constexpr int BM = 128;
   using S = typename Smem<T>::type;
   using M = typename Mma<T>::type;
@@ -107,14 +111,14 @@ __global__ void __launch_bounds__(THREADS, 1) conv1x1_wmma(const T* __restrict__
   constexpr int lda = BK + PAD, ldb = BN + PAD, ldc = BN + 4;
   constexpr int in_bytes = (BM * lda + BK * ldb) * sizeof(S), c_bytes = BM * ldc * sizeof(float);
   __shared__ __align__(32) unsigned char smem[in_bytes > c_bytes ? in_bytes : c_bytes];
-  __shared__ int64_t x_row[BM], o_row[BM];
+  __shared__ int64_t x_row[BM], o_row[BM], r_row[BM];
   S* As = reinterpret_cast<S*>(smem);
   S* Bs = As + BM * lda;
   float* Cs = reinterpret_cast<float*>(smem);
 
   const int64_t m0 = int64_t(blockIdx.x) * BM, j0 = int64_t(blockIdx.y) * BN;
   const int warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;
-  row_offsets<BM>(g, m0, x_row, o_row);
+  row_offsets<BM>(g, m0, x_row, o_row, r_row);
 
   wmma::fragment<wmma::accumulator, 16, 16, WK, float> acc[2][2];
 #pragma unroll
@@ -155,27 +159,27 @@ __global__ void __launch_bounds__(THREADS, 1) conv1x1_wmma(const T* __restrict__
       wmma::store_matrix_sync(Cs + (wm * 32 + a * 16) * ldc + wn * 32 + b * 16, acc[a][b], ldc,
                               wmma::mem_row_major);
   __syncthreads();
-  store_epilogue<BM, T, float>(g, Cs, ldc, o_row, j0, bias, relu, out);
+  store_epilogue<BM, T, float>(g, Cs, ldc, o_row, r_row, j0, bias, res, relu, out);
 }
 
 // SIMT kernel for IEEE fp32 and fp64: each thread accumulates a 4 (pixels) x 4 (channels)
 // register tile of the 64 x 64 block tile.
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 1) conv1x1_simt(const T* __restrict__ x, const T* __restrict__ w,
-                                                        const T* __restrict__ bias, T* __restrict__ out,
-                                                        Geom g, bool relu) {
+                                                           const T* __restrict__ bias, const T* __restrict__ res,
+                                                           T* __restrict__ out, Geom g, bool relu) {
   constexpr int BM = 64;
   constexpr int lda = BK + 1, ldb = BN + PAD, ldc = BN + 1;
   constexpr int in_bytes = (BM * lda + BK * ldb) * sizeof(T), c_bytes = BM * ldc * sizeof(T);
   __shared__ __align__(16) unsigned char smem[in_bytes > c_bytes ? in_bytes : c_bytes];
-  __shared__ int64_t x_row[BM], o_row[BM];
+  __shared__ int64_t x_row[BM], o_row[BM], r_row[BM];
   T* As = reinterpret_cast<T*>(smem);
   T* Bs = As + BM * lda;
   T* Cs = reinterpret_cast<T*>(smem);
 
   const int64_t m0 = int64_t(blockIdx.x) * BM, j0 = int64_t(blockIdx.y) * BN;
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;  // rows tr + 16 * a, cols tc + 16 * b
-  row_offsets<BM>(g, m0, x_row, o_row);
+  row_offsets<BM>(g, m0, x_row, o_row, r_row);
   T acc[4][4] = {};
   for (int64_t k0 = 0; k0 < g.cin; k0 += BK) {
     __syncthreads();
@@ -200,7 +204,7 @@ __global__ void __launch_bounds__(THREADS, 1) conv1x1_simt(const T* __restrict__
 #pragma unroll
     for (int b = 0; b < 4; ++b) Cs[(tr + 16 * a) * ldc + tc + 16 * b] = acc[a][b];
   __syncthreads();
-  store_epilogue<BM, T, T>(g, Cs, ldc, o_row, j0, bias, relu, out);
+  store_epilogue<BM, T, T>(g, Cs, ldc, o_row, r_row, j0, bias, res, relu, out);
 }
 
 // ReLU mask + bias gradient: each thread owns one channel over a chunk of pixels, so the
@@ -229,10 +233,10 @@ __global__ void relu_grad_bias_kernel(const T* __restrict__ grad, const T* __res
 
 }  // namespace
 
-cudaError_t conv1x1(const void* x, const void* w, const void* bias, void* out, DType dtype,
-                    Shape4 x_sizes, Shape4 x_strides, int64_t cout, int64_t w_stride_o,
-                    int64_t w_stride_i, Shape4 out_strides, int64_t stride, bool relu, bool tf32,
-                    cudaStream_t stream) {
+cudaError_t conv1x1(const void* x, const void* w, const void* bias, const void* residual, void* out,
+                    DType dtype, Shape4 x_sizes, Shape4 x_strides, int64_t cout, int64_t w_stride_o,
+                    int64_t w_stride_i, Shape4 out_strides, Shape4 res_strides, int64_t stride,
+                    bool relu, bool tf32, cudaStream_t stream) {
   Geom g;
   g.OH = (x_sizes.d[2] - 1) / stride + 1;
   g.OW = (x_sizes.d[3] - 1) / stride + 1;
@@ -242,6 +246,7 @@ cudaError_t conv1x1(const void* x, const void* w, const void* bias, void* out, D
   g.stride = stride;
   g.xst = x_strides;
   g.ost = out_strides;
+  g.rst = res_strides;
   g.w_o = w_stride_o;
   g.w_i = w_stride_i;
   if (g.M == 0 || cout == 0) return cudaSuccess;
@@ -250,20 +255,18 @@ cudaError_t conv1x1(const void* x, const void* w, const void* bias, void* out, D
   };
   return dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const T* b = static_cast<const T*>(bias);
+    const T *xp = static_cast<const T*>(x), *wp = static_cast<const T*>(w);
+    const T *bp = static_cast<const T*>(bias), *rp = static_cast<const T*>(residual);
+    T* op = static_cast<T*>(out);
     if constexpr (sizeof(T) == 2) {
-      conv1x1_wmma<T><<<grid(128), THREADS, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w), b,
-                                                    static_cast<T*>(out), g, relu);
+      conv1x1_wmma<T><<<grid(128), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
     } else if constexpr (sizeof(T) == 4) {
       if (tf32)
-        conv1x1_wmma<float><<<grid(128), THREADS, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w),
-                                                          b, static_cast<T*>(out), g, relu);
+        conv1x1_wmma<T><<<grid(128), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
       else
-        conv1x1_simt<float><<<grid(64), THREADS, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w),
-                                                          b, static_cast<T*>(out), g, relu);
+        conv1x1_simt<T><<<grid(64), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
     } else {
-      conv1x1_simt<T><<<grid(64), THREADS, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w), b,
-                                                    static_cast<T*>(out), g, relu);
+      conv1x1_simt<T><<<grid(64), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
     }
     return cudaGetLastError();
   });

@@ -20,12 +20,14 @@ cudaError_t binary(const void* a, const void* b, void* out, DType dtype, BinaryO
                    Shape4 sizes, Shape4 a_strides, Shape4 b_strides, bool dense,
                    bool channels_last, cudaStream_t stream);
 
-// out[n, j, oh, ow] = [relu](sum_k x[n, k, oh*stride, ow*stride] * w[j, k] + bias[j]).
-// w is [Cout, Cin] with strides w_strides; bias may be null; out any strides.
-cudaError_t conv1x1(const void* x, const void* w, const void* bias, void* out, DType dtype,
-                    Shape4 x_sizes, Shape4 x_strides, int64_t cout, int64_t w_stride_o,
-                    int64_t w_stride_i, Shape4 out_strides, int64_t stride, bool relu, bool tf32,
-                    cudaStream_t stream);
+// out[n, j, oh, ow] = [relu](sum_k x[n, k, oh*stride, ow*stride] * w[j, k] + bias[j]
+//                            + residual[n, j, oh, ow]).
+// w is [Cout, Cin] with strides (w_stride_o, w_stride_i); bias and residual may be null;
+// out and residual any strides.
+cudaError_t conv1x1(const void* x, const void* w, const void* bias, const void* residual, void* out,
+                    DType dtype, Shape4 x_sizes, Shape4 x_strides, int64_t cout, int64_t w_stride_o,
+                    int64_t w_stride_i, Shape4 out_strides, Shape4 res_strides, int64_t stride,
+                    bool relu, bool tf32, cudaStream_t stream);
 
 // grad_in = grad * (y > 0) (or grad if !relu); bias_grad (float, double for f64;
 // zeroed by the caller) += grad_in summed over N, H, W.

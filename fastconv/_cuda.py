@@ -39,11 +39,13 @@ def binary(a, b, out, op):
     return out
 
 
-def conv1x1(x, weight, bias, out, stride, relu, tf32):
+def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
     w2 = weight if weight.dim() == 2 else weight[:, :, 0, 0]
-    _C.conv1x1(x.data_ptr(), w2.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
+    res = residual if residual is not None else out
+    _C.conv1x1(x.data_ptr(), w2.data_ptr(), 0 if bias is None else bias.data_ptr(),
+               0 if residual is None else residual.data_ptr(), out.data_ptr(),
                _DTYPE_CODES[x.dtype], list(x.shape), list(x.stride()), w2.shape[0], w2.stride(0),
-               w2.stride(1), list(out.stride()), stride, relu, tf32, *_where(x))
+               w2.stride(1), list(out.stride()), list(res.stride()), stride, relu, tf32, *_where(x))
     return out
 
 

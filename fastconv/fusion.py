@@ -50,15 +50,17 @@ def fold_bn(weight, bias, bn):
     return w.to(weight.dtype), shift.to(weight.dtype)
 
 
-def conv1x1_bn_act(x, conv, bn=None, relu=True):
-    """relu(bn(conv(x))) for a 1x1 conv on fastconv's fused op: BN folded into the
-    conv in eval mode; in train mode BN runs as its own layer (batch statistics)
-    and the ReLU after it as a torch op."""
+def conv1x1_bn_act(x, conv, bn=None, relu=True, residual=None):
+    """relu(bn(conv(x)) [+ residual]) for a 1x1 conv on fastconv's fused op: BN folded
+    into the conv and the residual added in its epilogue in eval mode; in train mode BN
+    runs as its own layer (batch statistics), then residual_add or the ReLU."""
     if bn is not None and not bn_foldable(bn):
         y = bn(ops.conv1x1_relu(x, conv.weight, conv.bias, conv.stride[0], relu=False))
+        if residual is not None:
+            return ops.residual_add(y, residual, relu)
         return torch.relu(y) if relu else y
     weight, bias = (conv.weight, conv.bias) if bn is None else fold_bn(conv.weight, conv.bias, bn)
-    return ops.conv1x1_relu(x, weight, bias, conv.stride[0], relu)
+    return ops.conv1x1_relu(x, weight, bias, conv.stride[0], relu, residual)
 
 
 def _torch_pool_windows(size, k, s, p, ceil_mode):

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 
-def conv1x1_relu(x, weight, bias=None, stride=1, relu=True):
+def conv1x1_relu(x, weight, bias=None, stride=1, relu=True, residual=None):
     w = weight if weight.dim() == 4 else weight[:, :, None, None]
     y = F.conv2d(x.double(), w.double(), None if bias is None else bias.double(), stride=stride)
+    y = y if residual is None else y + residual.double()
     return F.relu(y) if relu else y
 
 

@@ -29,7 +29,7 @@ def test_filters():
 
 def test_shapes_enumerated_from_the_models():
     shapes = bench.model_shapes()
-    assert ("conv", 64, 56, 256, 1, False) in shapes      # ResNet-50 layer1 conv3 (no ReLU)
+    assert ("convres", 64, 56, 256, 1, True) in shapes    # ResNet-50 layer1 conv3 + add + ReLU
     assert ("residual", 2048, 7) in shapes                # ResNet-50 layer4
     assert ("conv", 192, 28, 64, 1, True) in shapes       # GoogLeNet inception3a branch1
     assert ("max", 480, 28, 3, 2) in shapes               # GoogLeNet maxpool3

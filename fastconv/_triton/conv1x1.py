@@ -9,7 +9,9 @@ the channel dimension is walked through x's channel stride.
 Napkin math (16-bit, Cin=192 -> Cout=64, N*H*W pixels): read x 384 B/pixel,
 write 128 B/pixel, weights stay in L2: 48 FLOP/B, far below the H100's ~266
 ridge, so memory-bound. Fusing bias+ReLU into the epilogue saves eager's second
-pass (read + write the output again: 256 B/pixel).
+pass (read + write the output again: 256 B/pixel); fusing a residual add saves
+another (write the conv output, read it and the residual, write the sum: the
+residual is read once either way, so 4 B per output element at 16-bit).
 """
 import torch
 import triton
@@ -19,9 +21,10 @@ from fastconv._triton.elementwise import acc_type
 
 
 @triton.jit
-def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, COUT, CIN, OH, OW, STRIDE,
+def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, r_ptr, out_ptr, M, COUT, CIN, OH, OW, STRIDE,
                     sx_n, sx_c, sx_h, sx_w, sw_o, sw_i, so_n, so_c, so_h, so_w,
-                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                    sr_n, sr_c, sr_h, sr_w,
+                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr, USE_DOT: tl.constexpr):
     # Grouped program order (as in Triton's matmul tutorial): GROUP_M row tiles
@@ -61,9 +64,13 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, COUT, CIN, OH, OW, STRIDE,
         else:  # float64 (gradcheck): tl.dot has no fp64 path on every Triton; small tiles
             acc += tl.sum(a.to(ACC)[:, :, None] * b.to(ACC)[None, :, :], axis=1)
 
-    # Epilogue: bias and ReLU on the fp32 accumulator, one rounding, one store.
+    # Epilogue: bias, residual and ReLU on the fp32 accumulator, one rounding, one store.
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
+    if HAS_RES:
+        r_rows = n * sr_n + oh * sr_h + ow * sr_w
+        acc += tl.load(r_ptr + r_rows[:, None] + cols[None, :] * sr_c,
+                       mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
     if RELU:
         acc = tl.where(acc < 0.0, 0.0, acc)  # keeps NaN, as torch.relu
     tl.store(out_ptr + o_rows[:, None] + cols[None, :] * so_c,
@@ -91,9 +98,9 @@ def _precision(dtype, tf32):
     return "ieee" if dtype == torch.float64 else None
 
 
-def conv1x1(x, weight, bias, out, stride, relu, tf32):
-    """out (dense NCHW/NHWC) = [relu](conv1x1(x, weight [Cout, Cin(, 1, 1)], bias, stride));
-    tf32: float32 inputs may be rounded to TF32 in the dot."""
+def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
+    """out (dense NCHW/NHWC) = [relu](conv1x1(x, weight [Cout, Cin(, 1, 1)], bias, stride)
+    [+ residual (out's shape, any strides)]); tf32: float32 may be rounded to TF32 in the dot."""
     w2d = weight if weight.dim() == 2 else weight[:, :, 0, 0]
     N, COUT, OH, OW = out.shape
     M, CIN = N * OH * OW, x.shape[1]
@@ -101,9 +108,10 @@ def conv1x1(x, weight, bias, out, stride, relu, tf32):
         return out
     bm, bn, bk, warps = _tiles(M, COUT, CIN, x.dtype)
     grid = (triton.cdiv(M, bm) * triton.cdiv(COUT, bn),)
-    _conv1x1_kernel[grid](x, w2d, bias if bias is not None else w2d, out, M, COUT, CIN, OH, OW,
-                          stride, *x.stride(), *w2d.stride(), *out.stride(),
-                          HAS_BIAS=bias is not None, RELU=relu, PRECISION=_precision(x.dtype, tf32), ACC=acc_type(x),
+    res = residual if residual is not None else out  # not read without a residual
+    _conv1x1_kernel[grid](x, w2d, bias if bias is not None else w2d, res, out, M, COUT, CIN, OH, OW,
+                          stride, *x.stride(), *w2d.stride(), *out.stride(), *res.stride(),
+                          HAS_BIAS=bias is not None, HAS_RES=residual is not None, RELU=relu, PRECISION=_precision(x.dtype, tf32), ACC=acc_type(x),
                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
                           USE_DOT=x.dtype != torch.float64,
                           num_warps=warps, num_stages=3)

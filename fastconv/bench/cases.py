@@ -23,21 +23,30 @@ def _nhwc(shape, dtype, device):
     return torch.randn(shape, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def conv_case(n, cin, hw, cout, stride, dtype, device, relu=True):
+def conv_case(n, cin, hw, cout, stride, dtype, device, relu=True, residual=False):
+    """1x1 conv + bias (+ ReLU); with `residual`, relu(conv + bias + r): the end of a ResNet
+    bottleneck, which eager runs as conv, add and ReLU."""
+    ohw = (hw - 1) // stride + 1
+
     def make():
         x = _nhwc((n, cin, hw, hw), dtype, device)
         w = (torch.randn(cout, cin, 1, 1, device=device) / cin ** 0.5).to(dtype)
-        return x, w, torch.randn(cout, device=device).to(dtype)
+        r = (_nhwc((n, cout, ohw, ohw), dtype, device),) if residual else ()
+        return (x, w, torch.randn(cout, device=device).to(dtype)) + r
 
-    def eager(x, w, b):
+    def eager(x, w, b, r=None):
         y = F.conv2d(x, w, b, stride)
+        y = y if r is None else y + r
         return torch.relu(y) if relu else y
 
-    ohw = (hw - 1) // stride + 1
+    def ours(x, w, b, r=None):
+        return fastconv.conv1x1_relu(x, w, b, stride, relu, r)
+
     es = torch.finfo(dtype).bits // 8
-    return Case("conv1x1_relu" if relu else "conv1x1", f"{n}x{cin}x{hw}x{hw}->{cout}/s{stride}", make,
-                lambda x, w, b: fastconv.conv1x1_relu(x, w, b, stride, relu), eager,
-                es * (n * ohw * ohw * (cin + cout) + cout * cin + cout), 2 * n * ohw * ohw * cin * cout)
+    name = ("conv1x1_relu" if relu else "conv1x1") + ("_residual" if residual else "")
+    moved = n * ohw * ohw * (cin + cout * (2 if residual else 1)) + cout * cin + cout
+    return Case(name, f"{n}x{cin}x{hw}x{hw}->{cout}/s{stride}", make, ours, eager,
+                es * moved, 2 * n * ohw * ohw * cin * cout)
 
 
 def residual_case(n, c, hw, dtype, device):
@@ -74,13 +83,15 @@ def pool_case(kind, n, c, hw, k, s, dtype, device):
 
 
 # A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
-# (op, channels in, size, channels out / kernel, stride, relu); the first of each op form --quick.
+# (op, channels in, size, channels out / kernel, stride, relu); "convres" adds a residual in
+# the conv's epilogue (a ResNet bottleneck's conv3).
 
 
 # A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
-# (op, channels in, size, channels out / kernel, stride, relu); the first of each op form --quick.
+# (op, channels in, size, channels out / kernel, stride, relu); "convres" adds a residual in
+# the conv's epilogue (a ResNet bottleneck's conv3).
 KEY_SHAPES = [
-    ("conv", 64, 56, 256, 1, True), ("conv", 256, 56, 64, 1, True), ("conv", 256, 56, 512, 2, False),
+    ("conv", 64, 56, 256, 1, True), ("convres", 64, 56, 256, 1, True), ("conv", 256, 56, 64, 1, True), ("conv", 256, 56, 512, 2, False),
     ("conv", 1024, 14, 256, 1, True), ("conv", 192, 28, 64, 1, True), ("conv", 832, 7, 384, 1, True),
     ("residual", 256, 56), ("residual", 1024, 14), ("residual", 2048, 7),
     ("max", 64, 112, 3, 2), ("max", 192, 28, 3, 1), ("max", 480, 28, 3, 2), ("avg", 1024, 7, 3, 1),
@@ -105,8 +116,11 @@ def model_shapes(names=("resnet50", "googlenet")):
                 op, x = func.__name__.split(".")[0], args[0]
                 _, c, h, _ = x.shape
                 if op == "conv1x1_relu":
-                    stride, relu = (list(args[3:5]) + [1, True][len(args[3:5]):])
-                    self.shapes.append(("conv", c, h, args[1].shape[0], stride, relu))
+                    stride, relu, residual = (list(args[3:6]) + [1, True, None][len(args[3:6]):])
+                    kind = "conv" if residual is None else "convres"
+                    self.shapes.append((kind, c, h, args[1].shape[0], stride, relu))
+                    if residual is not None:  # the same add runs alone in train mode and
+                        self.shapes.append(("residual", *residual.shape[1:3]))  # converted models
                 elif op == "residual_add":
                     self.shapes.append(("residual", c, h))
                 else:
@@ -128,13 +142,13 @@ def op_cases(dtype, device, batches, shapes):
     (KEY_SHAPES) or "models" (every distinct call of ResNet-50 and GoogLeNet)."""
     specs = model_shapes() if shapes == "models" else KEY_SHAPES
     if shapes == "quick":
-        specs = [KEY_SHAPES[i] for i in (0, 1, 6, 9, 10)]
+        specs = [KEY_SHAPES[i] for i in (0, 1, 7, 10, 11)]
     cases = []
     for n in batches:
         for kind, *spec in specs:
-            if kind == "conv":
+            if kind in ("conv", "convres"):
                 cin, hw, cout, stride, relu = spec
-                cases.append(conv_case(n, cin, hw, cout, stride, dtype, device, relu))
+                cases.append(conv_case(n, cin, hw, cout, stride, dtype, device, relu, kind == "convres"))
             elif kind == "residual":
                 cases.append(residual_case(n, *spec, dtype, device))
             else:

@@ -3,10 +3,11 @@
 Built with torchvision's own ResNet constructor and these blocks, so the
 architecture, parameter names and initialisation are torchvision's and its state
 dicts load strictly. On fastconv ops:
-  - every 1x1 conv + BN (+ ReLU): Bottleneck's conv1/bn1/relu and conv3/bn3, and each
-    projection shortcut (downsample: 1x1 conv stride s + BN, no ReLU), with BN folded
-    into the conv in eval mode (in train mode BN stays a layer; only the conv is ours);
-  - every residual relu(out + identity) (residual_add);
+  - every 1x1 conv + BN (+ ReLU): Bottleneck's conv1/bn1/relu, and each projection
+    shortcut (downsample: 1x1 conv stride s + BN, no ReLU), with BN folded into the conv
+    in eval mode (in train mode BN stays a layer; only the conv is ours);
+  - every residual relu(out + identity): in a Bottleneck, in eval mode, inside conv3's
+    epilogue (conv3 + bn3 + add + ReLU in one kernel); otherwise residual_add;
   - the stem max pool wherever its geometry equals SAME (odd input sizes; on even
     sizes it pads symmetrically and runs on PyTorch's kernel).
 The 3x3 and 7x7 convolutions, BN after them, and the head are PyTorch's.
@@ -36,8 +37,7 @@ class Bottleneck(tv.Bottleneck):
     def forward(self, x):
         out = conv1x1_bn_act(x, self.conv1, self.bn1, relu=True)
         out = self.relu(self.bn2(self.conv2(out)))
-        out = conv1x1_bn_act(out, self.conv3, self.bn3, relu=False)
-        return ops.residual_add(out, _shortcut(self, x))
+        return conv1x1_bn_act(out, self.conv3, self.bn3, relu=True, residual=_shortcut(self, x))
 
 
 class PlainBlock(tv.BasicBlock):

@@ -1,9 +1,12 @@
-"""fastconv::conv1x1_relu: relu(conv2d(x, weight, bias, stride)) for a 1x1 kernel.
+"""fastconv::conv1x1_relu: relu(conv2d(x, weight, bias, stride) [+ residual]) for a 1x1 kernel.
 
 A GEMM with bias and ReLU fused into its epilogue (the network-in-network /
 bottleneck layer). relu=False gives the plain 1x1 conv (ResNet's stride-2
-projection shortcut). Backward: the ReLU mask and the bias gradient are one
-fused kernel; the input and weight gradients are torch matmuls.
+projection shortcut). An optional `residual` is added in the epilogue too: the end
+of a ResNet bottleneck (conv3 + BN + add + ReLU) in one kernel, saving the residual
+add's separate pass (write and re-read the conv output). Backward: the ReLU mask and
+the bias gradient are one fused kernel (the residual's gradient is that masked
+gradient); the input and weight gradients are torch matmuls.
 """
 from typing import Optional
 
@@ -14,7 +17,7 @@ from torch import Tensor
 from fastconv import _backend, _checks
 
 
-def _check(x, weight, bias, stride):
+def _check(x, weight, bias, stride, residual=None):
     _checks.check_tensor(x, "x", ndim=4)
     _checks.check_tensor(weight, "weight", ndim=(2, 4))
     _checks.check_same(weight, x, "weight", "x")
@@ -30,6 +33,12 @@ def _check(x, weight, bias, stride):
             raise ValueError(f"bias must have {weight.shape[0]} elements (Cout), got {bias.shape[0]}")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
+    if residual is not None:
+        _checks.check_tensor(residual, "residual")
+        _checks.check_same(residual, x, "residual", "x")
+        if tuple(residual.shape) != _out_shape(x, weight, stride):
+            raise ValueError(f"residual must have the output's shape {_out_shape(x, weight, stride)}, "
+                             f"got {tuple(residual.shape)}")
 
 
 def _out_shape(x, weight, stride):
@@ -39,25 +48,29 @@ def _out_shape(x, weight, stride):
 
 @torch.library.custom_op("fastconv::conv1x1_relu", mutates_args=())
 def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                    stride: int = 1, relu: bool = True) -> Tensor:
-    _check(x, weight, bias, stride)
+                    stride: int = 1, relu: bool = True, residual: Optional[Tensor] = None) -> Tensor:
+    _check(x, weight, bias, stride, residual)
     backend = _backend.resolve(x.device, "conv1x1_relu")
     if backend == "torch":
         w4 = weight if weight.dim() == 4 else weight[:, :, None, None]
-        y = F.conv2d(x, w4, bias, stride)
+        if residual is None:
+            y = F.conv2d(x, w4, bias, stride)
+        else:  # one rounding of conv + bias + residual, as the kernels' fp32 epilogues
+            up = (lambda t: t if t is None or t.element_size() >= 4 else t.float())
+            y = F.conv2d(up(x), up(w4), up(bias), stride).add_(residual).to(x.dtype)
         y = y.relu_() if relu else y
         # a no-op unless the conv library chose another layout than the rule for x
         return y.contiguous(memory_format=_checks.out_memory_format(x))
     out = _checks.empty_like_layout(x, _out_shape(x, weight, stride))
     # float32 follows PyTorch's convolution flag, as eager cuDNN does
     _backend.launchers(backend).conv1x1(x, weight, bias, out, stride, relu,
-                                        tf32=torch.backends.cudnn.allow_tf32)
+                                        torch.backends.cudnn.allow_tf32, residual)
     return out
 
 
 @conv1x1_relu_op.register_fake
-def _(x, weight, bias=None, stride=1, relu=True):
-    _check(x, weight, bias, stride)
+def _(x, weight, bias=None, stride=1, relu=True, residual=None):
+    _check(x, weight, bias, stride, residual)
     return _checks.empty_like_layout(x, _out_shape(x, weight, stride))
 
 
@@ -81,8 +94,9 @@ def _(grad, out, relu):
 
 
 def _setup(ctx, inputs, output):
-    x, weight, bias, stride, relu = inputs
-    ctx.stride, ctx.relu, ctx.has_bias = stride, relu, bias is not None
+    x, weight, bias, stride, relu, residual = inputs
+    ctx.stride, ctx.relu = stride, relu
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
     ctx.save_for_backward(x, weight, *([output] if relu else []))
 
 
@@ -91,8 +105,12 @@ def _backward(ctx, grad):
 
     x, weight, *out = ctx.saved_tensors
     out = out[0] if ctx.relu else None
-    need_x, need_w = ctx.needs_input_grad[:2]
-    need_b = ctx.has_bias and ctx.needs_input_grad[2]  # lists only the tensors passed
+    # needs_input_grad follows the arguments (x, weight, bias, stride, relu, residual) but
+    # stops at the last tensor passed
+    nig = ctx.needs_input_grad
+    need_x, need_w = nig[0], nig[1]
+    need_b = ctx.has_bias and nig[2]
+    need_r = ctx.has_residual and nig[5]
     bias_grad = None
     if need_b:
         grad, bias_grad = relu_bias_backward_op(grad, out if ctx.relu else grad, ctx.relu)
@@ -112,21 +130,24 @@ def _backward(ctx, grad):
     if need_w:
         x_sub = x[:, :, ::s, ::s].permute(0, 2, 3, 1).reshape(-1, cin)
         weight_grad = (g.reshape(-1, cout).t() @ x_sub).reshape(weight.shape)
-    return x_grad, weight_grad, bias_grad, None, None
+    return x_grad, weight_grad, bias_grad, None, None, grad if need_r else None
 
 
 conv1x1_relu_op.register_autograd(_backward, setup_context=_setup)
 
 
 def conv1x1_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                 stride: int = 1, relu: bool = True) -> Tensor:
-    """relu(conv2d(x, weight, bias, stride)) for a 1x1 kernel, bias and ReLU fused.
+                 stride: int = 1, relu: bool = True, residual: Optional[Tensor] = None) -> Tensor:
+    """relu(conv2d(x, weight, bias, stride) + residual) for a 1x1 kernel, all in one kernel.
 
     x: [N, Cin, H, W], any strides. weight: [Cout, Cin, 1, 1] or [Cout, Cin].
-    bias: [Cout] or None. relu=False gives the plain 1x1 conv. float32 follows
-    torch.backends.cudnn.allow_tf32 (TF32 when True), as eager convolution does.
+    bias: [Cout] or None. relu=False gives the plain 1x1 conv. residual: None, or a
+    tensor of the output's shape added before the ReLU (a ResNet block's shortcut).
+    float32 follows torch.backends.cudnn.allow_tf32 (TF32 when True), as eager
+    convolution does.
     """
     if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and type(stride) is int
-            and (bias is None or isinstance(bias, Tensor))):
-        _check(x, weight, bias, stride)  # our TypeError/ValueError, not the schema's RuntimeError
-    return conv1x1_relu_op(x, weight, bias, stride, relu)
+            and (bias is None or isinstance(bias, Tensor))
+            and (residual is None or isinstance(residual, Tensor))):
+        _check(x, weight, bias, stride, residual)  # our TypeError/ValueError, not the schema's
+    return conv1x1_relu_op(x, weight, bias, stride, relu, residual)

@@ -24,18 +24,22 @@ def _weight(cout, cin, dtype, form):
 
 def _run(case, dtype, layout, backend, bias_relu, wform="4d"):
     N, cin, H, W, cout, stride = case
-    has_bias, relu = bias_relu
+    has_bias, relu, *res_layout = bias_relu
     x = make_input((N, cin, H, W), dtype, layout, requires_grad=True)
     w = _weight(cout, cin, dtype, wform).requires_grad_()
     b = torch.randn(cout, device=DEVICE).to(dtype).requires_grad_() if has_bias else None
-    inputs = [t.detach().clone() for t in (x, w, b) if t is not None]
+    out_shape = (N, cout, (H - 1) // stride + 1, (W - 1) // stride + 1)
+    r = make_input(out_shape, dtype, res_layout[0], requires_grad=True) if res_layout else None
+    tensors = [t for t in (x, w, b, r) if t is not None]
+    inputs = [t.detach().clone() for t in tensors]
     with fastconv.use_backend(backend):
-        out = fastconv.conv1x1_relu(x, w, b, stride=stride, relu=relu)
+        out = fastconv.conv1x1_relu(x, w, b, stride=stride, relu=relu, residual=r)
         grad = torch.randn_like(out)
         out.backward(grad)
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     b64 = b.detach().double().requires_grad_() if has_bias else None
-    ref = reference.conv1x1_relu(x64, w64, b64, stride, relu)
+    r64 = r.detach().double().requires_grad_() if r is not None else None
+    ref = reference.conv1x1_relu(x64, w64, b64, stride, relu, r64)
     ref.backward(grad.double())
     assert out.dtype == dtype and out.shape == ref.shape
     assert_close(out, ref, dtype)
@@ -43,7 +47,9 @@ def _run(case, dtype, layout, backend, bias_relu, wform="4d"):
     assert_close(w.grad, w64.grad, dtype, "weight.grad")
     if has_bias:
         assert_close(b.grad, b64.grad, dtype, "bias.grad")
-    assert all(unchanged(a, t.detach()) for a, t in zip(inputs, [t for t in (x, w, b) if t is not None]))
+    if r is not None:
+        assert_close(r.grad, r64.grad, dtype, "residual.grad")
+    assert all(unchanged(a, t.detach()) for a, t in zip(inputs, tensors))
     return x, w, b, out
 
 
@@ -51,7 +57,9 @@ def _run(case, dtype, layout, backend, bias_relu, wform="4d"):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("bias_relu", [(True, True), (False, True), (True, False)])
+# (bias, relu[, residual layout]): the residual is added in the epilogue, before the ReLU
+@pytest.mark.parametrize("bias_relu", [(True, True), (False, True), (True, False),
+                                       (True, True, "strided"), (False, False, "nhwc")])
 def test_forward_backward(backend, dtype, case, layout, bias_relu, poison):
     x, w, b, out = _run(case, dtype, layout, backend, bias_relu)
     with torch.no_grad():
@@ -106,6 +114,10 @@ def test_errors():
         ((x, w, torch.randn(5).double()), TypeError, "bias has dtype"),
         ((x.long(), w.long()), TypeError, "x must be a floating-point"),
         ((x, "w"), TypeError, "weight must be a torch.Tensor"),
+        ((x, w, None, 1, True, torch.randn(2, 5, 4, 3)), ValueError, "residual must have the output's shape"),
+        ((x, w, None, 2, True, torch.randn(2, 5, 4, 4)), ValueError, "residual must have the output's shape"),
+        ((x, w, None, 1, True, torch.randn(2, 5, 4, 4).half()), TypeError, "residual has dtype"),
+        ((x, w, None, 1, True, 3.0), TypeError, "residual must be a torch.Tensor"),
     ]
     for args, exc, msg in cases:
         with pytest.raises(exc, match=msg):
@@ -127,8 +139,12 @@ def test_opcheck_and_gradcheck(backend):
     w = torch.randn(4, 5, 1, 1, dtype=torch.float64, device=DEVICE, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, device=DEVICE, requires_grad=True)
     with fastconv.use_backend(backend):
-        for args in [(x, w, b, 2, True), (x, w, None, 1, False), (x, w[:, :, 0, 0], b, 1, True)]:
+        r = make_input((2, 4, 3, 3), torch.float64, "strided", requires_grad=True)
+        for args in [(x, w, b, 2, True), (x, w, None, 1, False), (x, w[:, :, 0, 0], b, 1, True),
+                     (x, w, b, 2, True, r), (x, w, None, 2, False, r)]:
             torch.library.opcheck(torch.ops.fastconv.conv1x1_relu.default, args)
         y = fastconv.conv1x1_relu(x, w).detach()
         torch.library.opcheck(torch.ops.fastconv.relu_bias_backward.default, (torch.randn_like(y), y, True))
         assert torch.autograd.gradcheck(lambda *a: fastconv.conv1x1_relu(*a, stride=2), (x, w, b))
+        assert torch.autograd.gradcheck(
+            lambda *a: fastconv.conv1x1_relu(a[0], a[1], None, 2, True, a[2]), (x, w, r))
