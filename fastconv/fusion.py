@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fastconv import ops
+from fastconv.ops.pool_same import same_geometry
 
 
 def is_fusable_conv1x1(conv):
@@ -81,11 +82,10 @@ def pool_is_same(size_hw, kernel_size, stride, padding, ceil_mode, is_max=True,
     ks, ss, ps, ds = pair(kernel_size), pair(stride or kernel_size), pair(padding), pair(dilation)
     if ds != (1, 1):
         return False
-    for size, k, s, p in zip(size_hw, ks, ss, ps):
+    (_, _, same_before), same_out, _ = same_geometry(*size_hw, ks, ss)
+    for size, k, s, p, o, before in zip(size_hw, ks, ss, ps, same_out, same_before):
         out, start = _torch_pool_windows(size, k, s, p, ceil_mode)
-        same_out = -(-size // s)
-        same_pad_before = max((same_out - 1) * s + k - size, 0) // 2
-        if out != same_out or start != -same_pad_before:
+        if out != o or start != -before:
             return False
         if not is_max and p > 0 and count_include_pad:
             return False

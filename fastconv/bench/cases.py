@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
+from fastconv.ops.pool_same import same_geometry
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "tf32": torch.float32}
@@ -62,9 +63,8 @@ def residual_case(n, c, hw, dtype, device):
 
 
 def pool_case(kind, n, c, hw, k, s, dtype, device):
-    ohw = -(-hw // s)
-    pad = max((ohw - 1) * s + k - hw, 0)
-    pads = (pad // 2, pad - pad // 2) * 2
+    (_, _, (pt, pl)), (ohw, _), (pad_h, pad_w) = same_geometry(hw, hw, (k, k), (s, s))
+    pads = (pl, pad_w - pl, pt, pad_h - pt)  # what eager has to F.pad first
 
     def make():
         return (_nhwc((n, c, hw, hw), dtype, device),)

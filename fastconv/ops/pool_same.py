@@ -18,7 +18,8 @@ from fastconv import _backend, _checks
 
 
 def same_geometry(H, W, kernel_size, stride):
-    """((kh, kw), (sh, sw), (pad_top, pad_left)) and the output size (OH, OW)."""
+    """(geometry, output size, total padding): geometry = ((kh, kw), (sh, sw), (pad_top,
+    pad_left)) as the kernels take it, output size (OH, OW), total padding (rows, columns)."""
     out, pads = [], []
     for size, k, s in zip((H, W), kernel_size, stride):
         o = -(-size // s)
