@@ -81,7 +81,10 @@ def relu_bias_backward_op(grad: Tensor, out: Tensor, relu: bool) -> tuple[Tensor
     g = _checks.empty_like_layout(out, out.shape)
     acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
     if backend == "torch":
-        g.copy_(torch.where(out <= 0, 0.0, grad) if relu else grad)
+        if relu:  # written straight into g, as relu_backward's torch path does
+            torch.where(out <= 0, grad.new_zeros(()), grad, out=g)
+        else:
+            g.copy_(grad)
         return g, g.sum((0, 2, 3), dtype=acc_dtype).to(grad.dtype)
     bias_grad = torch.zeros(grad.shape[1], dtype=acc_dtype, device=grad.device)
     _backend.launchers(backend).relu_grad_bias(grad, out, g, bias_grad, relu)
