@@ -16,6 +16,8 @@ import threading
 
 import torch
 
+from fastconv import _tuning
+
 BACKENDS = ("auto", "torch", "triton", "cuda")
 _state = threading.local()
 _default = "auto"
@@ -103,15 +105,28 @@ def launchers(name: str):
     return _cuda
 
 
-def resolve(device: torch.device, op: str) -> str:
-    """The backend that runs `op` on tensors of `device`; raises if the chosen one cannot."""
+def auto_choice(device: torch.device, op: str, key=None):
+    """(backend, table entry or None) that "auto" picks for `op` on `device` at shape class
+    `key`: the measured table's entry (fastconv._tuning), else the rule (entry None)."""
+    if device.type != "cuda":
+        return "torch", None
+    if key is not None:
+        entry = _tuning.lookup(device, op, key)
+        if entry is not None and (entry["backend"] != "cuda" or _cuda_problem() is None):
+            return entry["backend"], entry
+    if op in CUDA_PREFERRED_OPS and _cuda_problem() is None:
+        return "cuda", None
+    return "triton", None
+
+
+def resolve(device: torch.device, op: str, key=None) -> str:
+    """The backend that runs `op` on tensors of `device`; raises if the chosen one cannot.
+    `key`: the call's shape class (fastconv._tuning), which "auto" looks up in the table."""
     name = get_backend()
     if name == "auto":
-        if device.type != "cuda":
-            return "torch"
-        if op in CUDA_PREFERRED_OPS and _cuda_problem() is None:
-            return "cuda"
-        name = "triton"
+        name = auto_choice(device, op, key)[0]
+        if name == "torch":
+            return name
     if name == "triton":
         problem = _triton_problem()
         if problem is None and device.type != "cuda" and not _interpreting():

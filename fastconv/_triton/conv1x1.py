@@ -1,94 +1,233 @@
-"""Triton kernels for the fused 1x1 convolution + bias + ReLU, and its bias/ReLU backward.
+"""Triton kernels for the fused 1x1 convolution + bias (+ residual) + ReLU, and its bias/ReLU backward.
 
 A 1x1 conv with stride s is a GEMM over the subsampled pixels:
-    out[m, j] = relu(sum_k x[m, k] * w[j, k] + bias[j])
+    out[m, j] = relu(sum_k x[m, k] * w[j, k] + bias[j] [+ r[m, j]])
 with m = (n, oh, ow) reading x[n, :, oh*s, ow*s]. Rows are pixels, so one
 kernel serves NCHW and NHWC: a row's pixel offset is computed once per tile and
 the channel dimension is walked through x's channel stride.
 
-Napkin math (16-bit, Cin=192 -> Cout=64, N*H*W pixels): read x 384 B/pixel,
-write 128 B/pixel, weights stay in L2: 48 FLOP/B, far below the H100's ~266
-ridge, so memory-bound. Fusing bias+ReLU into the epilogue saves eager's second
-pass (read + write the output again: 256 B/pixel); fusing a residual add saves
-another (write the conv output, read it and the residual, write the sum: the
-residual is read once either way, so 4 B per output element at 16-bit).
+Roles (as flash-attention's hopper kernels name them):
+  scheduler  `_tile_coords`: grouped tile order; split-K adds a grid axis over K.
+  mainloop   `_conv1x1_kernel`: [BLOCK_M, BLOCK_K] x [BLOCK_K, BLOCK_N] steps, loaded through
+             TMA tensor descriptors when x is a dense NHWC [M, K] matrix (stride 1, 16-byte
+             aligned rows) and the Triton version has them, else through masked pointers.
+  epilogue   `_epilogue`: bias, residual, ReLU on the fp32 accumulator, one rounding, one
+             store along channels (coalesced for NHWC). With split-K the partial sums go to
+             an fp32 workspace and `_splitk_epilogue_kernel` adds them in a fixed order
+             (deterministic) before the same epilogue.
+Tile configurations come from one function (`gemm_configs`), pruned by shared memory and
+shape (`early_config_prune`); which one runs is `choose_config`'s business (table, this
+process's tuning, or the rule `heuristic_config`).
+
+Napkin math (bf16, batch 128, 224x224 nets; B = bytes of x + w + out [+ r], H100 ridge ~266
+FLOP/B, H200 ~190; "tiles" at 128x128 vs 132 SMs):
+  Cin=256 56x56 -> 64      M=401k  FLOP/B  51  memory-bound   3136 tiles
+  Cin=64 56x56 -> 256 +r   M=401k  FLOP/B  43  memory-bound   6272 tiles
+  Cin=192 28x28 -> 64      M=100k  FLOP/B  48  memory-bound    784 tiles
+  Cin=512 28x28 -> 128     M=100k  FLOP/B 102  memory-bound    784 tiles
+  Cin=1024 14x14 -> 256    M=25k   FLOP/B 204  at the ridge    392 tiles
+  Cin=2048 7x7 -> 512      M=6.3k  FLOP/B 410  compute-bound   196 tiles (1.5 waves)
+  Cin=832 7x7 -> 384       M=6.3k  FLOP/B 290  compute-bound   147 tiles (1.1 waves: split-K 2
+                                                                -> 294, +M*N*8 B of fp32 partials)
+Memory-bound classes want big BLOCK_N (read x once: Cout <= 256 in one column tile) and deep
+pipelines; compute-bound ones want 128x256 / 256x128 tiles with BLOCK_K 64 and 8 warps; the
+small-pixel ones want more tiles (split-K) than 132 SMs.
 """
+import contextlib
+import threading
+from dataclasses import asdict, dataclass
+
 import torch
 import triton
 import triton.language as tl
 
+from fastconv import _backend, _tuning
 from fastconv._triton.elementwise import acc_type
+
+try:  # host-side TMA descriptors: triton >= 3.4 (3.6 on the GPU machine, 3.8 here)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: pointer loads only
+    TensorDescriptor = None
+
+# How the mainloop loads its tiles (named constexpr modes).
+LOAD_POINTERS = tl.constexpr(0)
+LOAD_TMA = tl.constexpr(1)
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One tile configuration of the 1x1-conv GEMM (what a tuning table stores)."""
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def gemm_configs():
+    """The candidates, as in Triton's matmul tutorial: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
+    Big tiles for the compute-bound deep layers, wide-N for the memory-bound ones (x read once),
+    deep K steps with 3-5 stages to keep the tensor cores fed; split-K 2 and 4 for small-pixel
+    layers whose tile count is under the SM count."""
+    tiles = [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
+             (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 4, 5), (64, 256, 32, 4, 4),
+             (64, 64, 128, 4, 3), (64, 64, 64, 4, 5)]
+    configs = [GemmConfig(m, n, k, 8, 1, w, s) for m, n, k, w, s in tiles]
+    configs += [GemmConfig(128, 128, 64, 8, sk, 8, 4) for sk in (2, 4)]
+    configs += [GemmConfig(64, 128, 64, 8, sk, 4, 4) for sk in (2, 4)]
+    return configs
+
+
+# Shared memory per block on sm_90 (H100/H200): 227 KiB; used where the device cannot be asked.
+SMEM_BYTES_SM90 = 232448
+
+
+def early_config_prune(configs, m, n, k, elem_bytes, smem_bytes=SMEM_BYTES_SM90, sms=132, limit=6):
+    """The short list to try for one shape class (Triton's `early_config_prune` role):
+    drop configs whose pipeline (stages x (A tile + B tile)) overflows shared memory, whose
+    tiles are much larger than the matrix (a 256-row tile on a 49-row problem), and split-K
+    where the plain tiles already fill the SMs or a split would have under two K steps; keep
+    at most `limit`, the ones whose tile count best fills whole waves first."""
+    def fits(c):
+        smem = c.num_stages * (c.block_m + c.block_n) * c.block_k * elem_bytes
+        if smem > smem_bytes:
+            return False
+        if c.block_n > max(32, 2 * triton.next_power_of_2(n)) or c.block_k > max(32, triton.next_power_of_2(k)):
+            return False
+        if c.block_m > max(64, triton.next_power_of_2(m)):
+            return False
+        if c.split_k > 1:
+            tiles = triton.cdiv(m, c.block_m) * triton.cdiv(n, c.block_n)
+            return tiles < sms and k // c.split_k >= 2 * c.block_k
+        return True
+
+    def waste(c):  # idle SM-slots in the last wave, as a fraction; bigger tiles break ties
+        tiles = triton.cdiv(m, c.block_m) * triton.cdiv(n, c.block_n) * c.split_k
+        waves = triton.cdiv(tiles, sms)
+        return (waves * sms - tiles) / (waves * sms), -c.block_m * c.block_n
+
+    return sorted(filter(fits, configs), key=waste)[:limit]
+
+
+def heuristic_config(m, n, k, dtype):
+    """The rule when nothing was measured (and the pinned config of the interpreter and CI):
+    128 pixel rows per tile keep the tensor cores fed, the output-channel tile covers Couts up
+    to 128 in one pass (x read once), BLOCK_K 32 keeps 3 stages in shared memory for every
+    dtype. tl.dot needs dimensions >= 16; float64 multiplies without tl.dot: small tiles."""
+    if dtype == torch.float64:
+        return GemmConfig(32, 32, 8, 8, 1, 4, 1)
+    block_n = min(max(triton.next_power_of_2(n), 16), 128)
+    block_k = min(max(triton.next_power_of_2(k), 16), 32)
+    block_m = 128 if m >= 128 else 64
+    return GemmConfig(block_m, block_n, block_k, 8, 1, 8 if block_n >= 128 else 4, 3)
 
 
 @triton.jit
-def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, r_ptr, out_ptr, M, COUT, CIN, OH, OW, STRIDE,
-                    sx_n, sx_c, sx_h, sx_w, sw_o, sw_i, so_n, so_c, so_h, so_w,
-                    sr_n, sr_c, sr_h, sr_w,
-                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr, USE_DOT: tl.constexpr):
-    # Grouped program order (as in Triton's matmul tutorial): GROUP_M row tiles
-    # share each weight column tile while it is hot in L2.
-    pid = tl.program_id(0)
+def _tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped program order (Triton's matmul tutorial): GROUP_M row tiles share each
+    weight column tile while it is hot in L2."""
     num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(COUT, BLOCK_N)
+    num_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_n)
     first_m = group * GROUP_M
     group_size = min(num_m - first_m, GROUP_M)
     pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
     pid_n = (pid % (GROUP_M * num_n)) // group_size
+    return pid_m, pid_n
 
-    # rows: BLOCK_M output pixels -> their base offsets in x and out (int64).
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+
+@triton.jit
+def _epilogue(acc, rows, cols, M, COUT, OH, OW, b_ptr, r_ptr, out_ptr,
+              so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+              HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
+    """Bias, residual and ReLU on the fp32 accumulator [rows, cols]; one rounding, one store."""
     n = rows // (OH * OW)
     oh = (rows // OW) % OH
     ow = rows % OW
-    x_rows = n * sx_n + oh * STRIDE * sx_h + ow * STRIDE * sx_w
+    mask = (rows < M)[:, None] & (cols < COUT)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cols < COUT, other=0.0).to(ACC)[None, :]
+    if HAS_RES:
+        r_rows = n * sr_n + oh * sr_h + ow * sr_w
+        acc += tl.load(r_ptr + r_rows[:, None] + cols[None, :] * sr_c, mask=mask, other=0.0).to(ACC)
+    if RELU:
+        acc = tl.where(acc < 0.0, 0.0, acc)  # keeps NaN, as torch.relu
     o_rows = n * so_n + oh * so_h + ow * so_w
+    tl.store(out_ptr + o_rows[:, None] + cols[None, :] * so_c, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _conv1x1_kernel(x_ptr, x_desc, w_ptr, w_desc, b_ptr, r_ptr, out_ptr, part_ptr,
+                    # dimensions; K_PER_SPLIT: channels per split-K slice (a multiple of BLOCK_K)
+                    M, COUT, CIN, OH, OW, STRIDE, K_PER_SPLIT,
+                    sx_n, sx_c, sx_h, sx_w, sw_o, sw_i, so_n, so_c, so_h, so_w,
+                    sr_n, sr_c, sr_h, sr_w,
+                    # epilogue and precision
+                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+                    PRECISION: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, LOAD: tl.constexpr,
+                    # tiles
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+    pid_m, pid_n = _tile_coords(tl.program_id(0), M, COUT, BLOCK_M, BLOCK_N, GROUP_M)
+    k_lo = tl.program_id(1) * K_PER_SPLIT
+    k_hi = tl.minimum(CIN, k_lo + K_PER_SPLIT)
+
+    # rows: BLOCK_M output pixels -> their base offsets in x (int64).
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = rows // (OH * OW)
+    x_rows = n * sx_n + ((rows // OW) % OH) * STRIDE * sx_h + (rows % OW) * STRIDE * sx_w
     row_ok = rows < M
     col_ok = cols < COUT
 
-    # Mainloop: a [BLOCK_M, BLOCK_K] pixel-by-channel tile of x times a
-    # [BLOCK_K, BLOCK_N] tile of w^T, accumulated in fp32.
+    # Mainloop: a [BLOCK_M, BLOCK_K] pixel-by-channel tile of x times a [BLOCK_K, BLOCK_N]
+    # tile of w^T, accumulated in fp32. TMA zero-fills past the matrix edges.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, CIN, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < CIN
-        a = tl.load(x_ptr + x_rows[:, None] + ks[None, :] * sx_c,
-                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + ks[:, None] * sw_i + cols[None, :] * sw_o,
-                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if LOAD == LOAD_TMA:
+            a = x_desc.load([pid_m * BLOCK_M, k0])
+            b = w_desc.load([pid_n * BLOCK_N, k0]).T
+        else:
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < k_hi
+            a = tl.load(x_ptr + x_rows[:, None] + ks[None, :] * sx_c,
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + ks[:, None] * sw_i + cols[None, :] * sw_o,
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         if USE_DOT:
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         else:  # float64 (gradcheck): tl.dot has no fp64 path on every Triton; small tiles
             acc += tl.sum(a.to(ACC)[:, :, None] * b.to(ACC)[None, :, :], axis=1)
 
-    # Epilogue: bias, residual and ReLU on the fp32 accumulator, one rounding, one store.
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
-    if HAS_RES:
-        r_rows = n * sr_n + oh * sr_h + ow * sr_w
-        acc += tl.load(r_ptr + r_rows[:, None] + cols[None, :] * sr_c,
-                       mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
-    if RELU:
-        acc = tl.where(acc < 0.0, 0.0, acc)  # keeps NaN, as torch.relu
-    tl.store(out_ptr + o_rows[:, None] + cols[None, :] * so_c,
-             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    if SPLIT_K == 1:
+        _epilogue(acc, rows, cols, M, COUT, OH, OW, b_ptr, r_ptr, out_ptr, so_n, so_c, so_h, so_w,
+                  sr_n, sr_c, sr_h, sr_w, HAS_BIAS, HAS_RES, RELU, ACC)
+    else:  # this slice's partial sum, [SPLIT_K, M, COUT] fp32, stored along channels
+        offs = tl.program_id(1).to(tl.int64) * M * COUT + rows[:, None] * COUT + cols[None, :]
+        tl.store(part_ptr + offs, acc, mask=row_ok[:, None] & col_ok[None, :])
 
 
-def _tiles(m, cout, cin, dtype):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). CNN 1x1 convs have many pixels and
-    16..2048 channels: 128 pixel rows per tile keep the tensor cores fed, the
-    output-channel tile covers small Couts in one pass (no re-reading x), and
-    BLOCK_K=32 keeps a 3-stage pipeline within shared memory. tl.dot needs >= 16.
-    float64 multiplies without tl.dot, through a [M, K, N] product: small tiles."""
-    if dtype == torch.float64:
-        return 32, 32, 8, 4
-    block_n = min(max(triton.next_power_of_2(cout), 16), 128)
-    block_k = min(max(triton.next_power_of_2(cin), 16), 32)
-    block_m = 128 if m >= 128 else 64
-    return block_m, block_n, block_k, 8 if block_n >= 128 else 4
+@triton.jit
+def _splitk_epilogue_kernel(part_ptr, b_ptr, r_ptr, out_ptr, M, COUT, OH, OW,
+                            so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+                            HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+                            ACC: tl.constexpr, SPLIT_K: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # The split-K reduction: partial sums added in split order (the same bits every run).
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < M)[:, None] & (cols < COUT)[None, :]
+    offs = rows[:, None] * COUT + cols[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for s in range(SPLIT_K):
+        acc += tl.load(part_ptr + s * M * COUT + offs, mask=mask, other=0.0).to(ACC)
+    _epilogue(acc, rows, cols, M, COUT, OH, OW, b_ptr, r_ptr, out_ptr, so_n, so_c, so_h, so_w,
+              sr_n, sr_c, sr_h, sr_w, HAS_BIAS, HAS_RES, RELU, ACC)
 
 
 def _precision(dtype, tf32):
@@ -98,24 +237,130 @@ def _precision(dtype, tf32):
     return "ieee" if dtype == torch.float64 else None
 
 
-def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
-    """out (dense NCHW/NHWC) = [relu](conv1x1(x, weight [Cout, Cin(, 1, 1)], bias, stride)
-    [+ residual (out's shape, any strides)]); tf32: float32 may be rounded to TF32 in the dot."""
+def _tma_views(x, w2d, stride, config):
+    """(x as a [M, Cin] descriptor, w as a [Cout, Cin] descriptor), or None where TMA cannot
+    read them: no descriptors in this Triton, float64, a strided 1x1 conv, x not dense NHWC,
+    w not row-major, or rows / base not 16-byte aligned."""
+    N, C, H, W = x.shape
+    es = x.element_size()
+    if (TensorDescriptor is None or x.numel() == 0 or x.dtype == torch.float64 or (stride != 1 and H * W > 1)
+            or x.stride() != (H * W * C, 1, W * C, C) or w2d.stride(1) != 1
+            or (C * es) % 16 or (w2d.stride(0) * es) % 16 or x.data_ptr() % 16 or w2d.data_ptr() % 16):
+        return None
+    x2d = x.as_strided((N * H * W, C), (C, 1))
+    return (TensorDescriptor.from_tensor(x2d, [config.block_m, config.block_k]),
+            TensorDescriptor.from_tensor(w2d, [config.block_n, config.block_k]))
+
+
+def launch(x, weight, bias, out, stride, relu, tf32, residual, config, use_tma=True):
+    """conv1x1 with an explicit GemmConfig (what tests, the tuner and the table pin)."""
     w2d = weight if weight.dim() == 2 else weight[:, :, 0, 0]
     N, COUT, OH, OW = out.shape
     M, CIN = N * OH * OW, x.shape[1]
     if out.numel() == 0:
         return out
-    bm, bn, bk, warps = _tiles(M, COUT, CIN, x.dtype)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(COUT, bn),)
+    c = config
+    descs = _tma_views(x, w2d, stride, c) if use_tma else None
+    # K per split, a whole number of BLOCK_K steps so TMA blocks never straddle two slices
+    k_per_split = triton.cdiv(triton.cdiv(CIN, c.split_k), c.block_k) * c.block_k
+    split_k = triton.cdiv(CIN, k_per_split)
+    part = torch.empty((split_k, M, COUT), dtype=torch.float32, device=x.device) if split_k > 1 else out
     res = residual if residual is not None else out  # not read without a residual
-    _conv1x1_kernel[grid](x, w2d, bias if bias is not None else w2d, res, out, M, COUT, CIN, OH, OW,
-                          stride, *x.stride(), *w2d.stride(), *out.stride(), *res.stride(),
-                          HAS_BIAS=bias is not None, HAS_RES=residual is not None, RELU=relu, PRECISION=_precision(x.dtype, tf32), ACC=acc_type(x),
-                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-                          USE_DOT=x.dtype != torch.float64,
-                          num_warps=warps, num_stages=3)
+    b = bias if bias is not None else w2d
+    flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, RELU=relu, ACC=acc_type(x))
+    grid = (triton.cdiv(M, c.block_m) * triton.cdiv(COUT, c.block_n), split_k)
+    _conv1x1_kernel[grid](x, descs[0] if descs else x, w2d, descs[1] if descs else w2d, b, res, out, part,
+                          M, COUT, CIN, OH, OW, stride, k_per_split,
+                          *x.stride(), *w2d.stride(), *out.stride(), *res.stride(),
+                          PRECISION=_precision(x.dtype, tf32), USE_DOT=x.dtype != torch.float64,
+                          LOAD=(LOAD_TMA if descs else LOAD_POINTERS).value,
+                          BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m,
+                          SPLIT_K=split_k, num_warps=c.num_warps, num_stages=c.num_stages, **flags)
+    if split_k > 1:  # 64x64 tiles: 16 KB of fp32 partials per split, enough programs to fill the GPU
+        grid = (triton.cdiv(M, 64), triton.cdiv(COUT, 64))
+        _splitk_epilogue_kernel[grid](part, b, res, out, M, COUT, OH, OW, *out.stride(), *res.stride(),
+                                      SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64, num_warps=4, **flags)
     return out
+
+
+# --- which config runs: table > tuned in this process > rule ------------------------------------
+
+_tuned = {}  # shape class -> GemmConfig measured fastest in this process
+_pins = threading.local()
+
+
+@contextlib.contextmanager
+def pinned_config(config):
+    """Run every conv1x1 inside the block with `config` (tests, the tuner)."""
+    previous = getattr(_pins, "config", None)
+    _pins.config = config
+    try:
+        yield
+    finally:
+        _pins.config = previous
+
+
+def choose_config(x, weight, out, stride, relu, residual, tune=True):
+    """(GemmConfig, why) for a call: a pinned config; the tuning table's entry for the shape
+    class; one tuned in this process; else the rule. Tuning (a short list, timed once per shape
+    class) happens only on a GPU, outside CUDA-graph capture, never in the interpreter."""
+    pin = getattr(_pins, "config", None)
+    if pin is not None:
+        return pin, "pinned"
+    N, COUT, OH, OW = out.shape
+    M, CIN = N * OH * OW, x.shape[1]
+    if x.dtype == torch.float64 or _backend._interpreting() or x.device.type != "cuda":
+        return heuristic_config(M, COUT, CIN, x.dtype), "rule (no tuning in the interpreter or for float64)"
+    key = _tuning.conv_key(x, weight, stride, relu, residual)
+    entry = _tuning.lookup(x.device, "conv1x1_relu", key)
+    if entry is not None and entry.get("config"):
+        return GemmConfig(**entry["config"]), "tuning table"
+    if key in _tuned:
+        return _tuned[key], "tuned in this process"
+    if not tune or torch.cuda.is_current_stream_capturing():
+        return heuristic_config(M, COUT, CIN, x.dtype), "rule (not tuned yet)"
+    _tuned[key] = _autotune(x, weight, out, stride, relu, residual, M, COUT, CIN)
+    return _tuned[key], "tuned in this process"
+
+
+def _autotune(x, weight, out, stride, relu, residual, M, COUT, CIN):
+    """Time the short list (full call: GEMM and split-K reduction) and keep the fastest.
+    Our own loop rather than @triton.autotune: split-K's second kernel and workspace must be
+    inside the timed call, and the choice must be readable (tables, fastconv.explain)."""
+    from triton.testing import do_bench
+
+    props = triton.runtime.driver.active.utils.get_device_properties(x.device.index)
+    short = early_config_prune(gemm_configs(), M, COUT, CIN, x.element_size(),
+                               props["max_shared_mem"], props["multiprocessor_count"])
+    short = short or [heuristic_config(M, COUT, CIN, x.dtype)]
+    bias = torch.zeros(COUT, dtype=x.dtype, device=x.device)
+    scratch = torch.empty_like(out)
+    tf32 = torch.backends.cudnn.allow_tf32
+    times = {}
+    for c in short:
+        fn = lambda c=c: launch(x, weight, bias, scratch, stride, relu, tf32, residual, c)  # noqa: E731
+        try:
+            times[c] = do_bench(fn, warmup=5, rep=20, return_mode="median")
+        except Exception:  # e.g. out of resources for this card: skip the config
+            continue
+    return min(times, key=times.get) if times else heuristic_config(M, COUT, CIN, x.dtype)
+
+
+def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
+    """out (dense NCHW/NHWC) = [relu](conv1x1(x, weight [Cout, Cin(, 1, 1)], bias, stride)
+    [+ residual (out's shape, any strides)]); tf32: float32 may be rounded to TF32 in the dot."""
+    config, _ = choose_config(x, weight, out, stride, relu, residual)
+    return launch(x, weight, bias, out, stride, relu, tf32, residual, config)
+
+
+# --- backward: ReLU mask + bias gradient ---------------------------------------------------------
+
+def grad_config(C):
+    """(BLOCK_P, BLOCK_C, num_warps) of the bias/ReLU backward: 4096-element tiles (16 KB of
+    fp32 in flight per program), channels up to 64 wide so NHWC rows load as whole sectors and
+    each program issues one atomic per channel. Memory-bound: 2 reads + 1 write per element."""
+    block_c = min(triton.next_power_of_2(C), 64)
+    return 4096 // block_c, block_c, 4
 
 
 @triton.jit
@@ -149,9 +394,8 @@ def relu_grad_bias(grad, y, grad_in, bias_grad, relu):
     P = N * H * W
     if grad.numel() == 0:
         return
-    block_c = min(triton.next_power_of_2(C), 64)
-    block_p = 4096 // block_c
+    block_p, block_c, warps = grad_config(C)
     grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c))
     _relu_grad_bias_kernel[grid](grad, y, grad_in, bias_grad, P, C, H, W, *grad.stride(),
                                  *y.stride(), *grad_in.stride(), RELU=relu, ACC=acc_type(grad),
-                                 BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+                                 BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastconv import _backend, _checks
+from fastconv import _backend, _checks, _tuning
 
 
 def _check(x, weight, bias, stride, residual=None):
@@ -50,7 +50,8 @@ def _out_shape(x, weight, stride):
 def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                     stride: int = 1, relu: bool = True, residual: Optional[Tensor] = None) -> Tensor:
     _check(x, weight, bias, stride, residual)
-    backend = _backend.resolve(x.device, "conv1x1_relu")
+    backend = _backend.resolve(x.device, "conv1x1_relu",
+                               key=_tuning.conv_key(x, weight, stride, relu, residual))
     if backend == "torch":
         w4 = weight if weight.dim() == 4 else weight[:, :, None, None]
         if residual is None:
