@@ -148,3 +148,129 @@ def test_opcheck_and_gradcheck(backend):
         assert torch.autograd.gradcheck(lambda *a: fastconv.conv1x1_relu(*a, stride=2), (x, w, b))
         assert torch.autograd.gradcheck(
             lambda *a: fastconv.conv1x1_relu(a[0], a[1], None, 2, True, a[2]), (x, w, r))
+
+
+# --- the Triton GEMM's configurations, each pinned (the interpreter never autotunes) ---------
+
+import importlib  # noqa: E402
+
+from fastconv._triton.conv1x1 import GemmConfig  # noqa: E402
+
+tconv = importlib.import_module("fastconv._triton.conv1x1")  # the package exports a function of that name
+
+# the tuner's candidates, plus small tiles where split-K leaves a ragged last slice (K=80 in
+# BLOCK_K=16 steps over 4 splits -> 3 slices of 32, 32, 16) and a one-row group order
+CONFIGS = tconv.gemm_configs() + [GemmConfig(16, 16, 16, 1, 4, 4, 2), GemmConfig(32, 16, 32, 2, 2, 4, 3)]
+
+
+def _pinned_run(config, dtype, layout, epilogue, use_tma=True, shape=(2, 80, 5, 5, 24, 1)):
+    N, cin, hw, _, cout, stride = shape
+    has_bias, relu, res_layout = epilogue
+    x = make_input((N, cin, hw, hw), dtype, layout)
+    w = _weight(cout, cin, dtype, "4d")
+    b = torch.randn(cout, device=DEVICE).to(dtype) if has_bias else None
+    out_shape = (N, cout, (hw - 1) // stride + 1, (hw - 1) // stride + 1)
+    r = make_input(out_shape, dtype, res_layout) if res_layout else None
+    out = fastconv._checks.empty_like_layout(x, out_shape).fill_(float("nan"))
+    tconv.launch(x, w, b, out, stride, relu, False, r, config, use_tma)
+    ref = reference.conv1x1_relu(*[t.double() if t is not None else None for t in (x, w, b)],
+                                 stride, relu, r.double() if r is not None else None)
+    assert_close(out, ref, dtype)
+    return x, w, out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_every_config(config, dtype):
+    """Each candidate on a dense NHWC input (the TMA path where descriptors exist) and on an
+    NCHW one (pointer loads), with bias + residual + ReLU."""
+    x, w, _ = _pinned_run(config, dtype, "nhwc", (True, True, "nhwc"))
+    assert (tconv._tma_views(x, w[:, :, 0, 0], 1, config) is not None) == (tconv.TensorDescriptor is not None)
+    _pinned_run(config, dtype, "nchw", (True, True, "strided"))
+
+
+@pytest.mark.parametrize("epilogue", [(True, True, None), (False, False, None), (True, False, "strided"),
+                                      (False, True, "nchw")])
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("use_tma", [True, False])
+def test_epilogues_split_k_and_tma_fallback(epilogue, split_k, use_tma):
+    """Every epilogue variant through the fused epilogue and split-K's reduction kernel, on the
+    TMA path and the pointer fallback; odd Cout, 1x1 and 5x5 images, stride 2."""
+    config = GemmConfig(16, 16, 16, 2, split_k, 4, 2)
+    for shape in [(2, 48, 5, 5, 17, 1), (2, 48, 1, 1, 3, 1), (1, 64, 5, 5, 5, 2)]:
+        _pinned_run(config, torch.float16, "nhwc", epilogue, use_tma, shape)
+
+
+def test_split_k_is_deterministic():
+    config = GemmConfig(16, 16, 16, 1, 4, 4, 2)
+    x, w, first = _pinned_run(config, torch.float32, "nhwc", (True, True, None))
+    again = torch.empty_like(first)
+    tconv.launch(x, w, None, again, 1, True, False, None, config)
+    tconv.launch(x, w, None, first, 1, True, False, None, config)
+    assert torch.equal(first, again)
+
+
+def test_tma_needs_dense_aligned_nhwc():
+    c = GemmConfig(16, 16, 16)
+    w = torch.randn(8, 16, device=DEVICE)
+    ok = make_input((1, 16, 3, 3), torch.float32, "nhwc")
+    assert (tconv._tma_views(ok, w, 1, c) is not None) == (tconv.TensorDescriptor is not None)
+    for x, stride, w2 in [(make_input((1, 16, 3, 3), torch.float32, "nchw"), 1, w),  # not NHWC
+                          (ok, 2, w),                                               # strided conv
+                          (make_input((1, 3, 3, 3), torch.float32, "nhwc"), 1, w[:, :3]),  # 12-byte rows
+                          (ok, 1, w.t().contiguous().t()),                           # column-major w
+                          (ok.double(), 1, w.double())]:                             # no fp64 dot
+        assert tconv._tma_views(x, w2, stride, c) is None
+
+
+def test_config_prune_rule():
+    configs = tconv.gemm_configs()
+    assert all(16 <= c.block_k <= 128 and c.block_m <= 256 and c.block_n <= 256 and 3 <= c.num_stages <= 5
+               and c.num_warps in (4, 8) for c in configs)
+    # fp32 doubles the pipeline's bytes: 256x128x64 in 3 stages (288 KiB) no longer fits
+    big = GemmConfig(256, 128, 64, 8, 1, 8, 3)
+    assert big in tconv.early_config_prune([big], 100352, 256, 1024, 2, limit=9)
+    assert not tconv.early_config_prune([big], 100352, 256, 1024, 4)
+    # split-K only where the plain tiles do not fill 132 SMs and each slice keeps 2 K steps
+    split = GemmConfig(128, 128, 64, 8, 2, 8, 4)
+    assert tconv.early_config_prune([split], 6272, 256, 1024, 2)        # 98 tiles
+    assert not tconv.early_config_prune([split], 100352, 256, 1024, 2)  # 1568 tiles
+    assert not tconv.early_config_prune([split], 6272, 256, 128, 2)     # 64 channels per slice
+    # a short list per shape class, never empty at the reference shapes
+    for m, n, k in [(401408, 64, 256), (6272, 384, 832), (6272, 2048, 512), (25088, 1024, 256)]:
+        assert 1 <= len(tconv.early_config_prune(configs, m, n, k, 2)) <= 6
+
+
+def test_choose_config_in_the_interpreter_is_the_rule_or_the_pin():
+    x = make_input((2, 16, 3, 3), torch.float32, "nhwc")
+    w = torch.randn(8, 16, 1, 1, device=DEVICE)
+    out = torch.empty(2, 8, 3, 3, device=DEVICE)
+    config, why = tconv.choose_config(x, w, out, 1, True, None)
+    assert config == tconv.heuristic_config(18, 8, 16, torch.float32) and why.startswith("rule")
+    pin = GemmConfig(16, 16, 16, 1, 2, 4, 2)
+    with tconv.pinned_config(pin):
+        assert tconv.choose_config(x, w, out, 1, True, None) == (pin, "pinned")
+        with fastconv.use_backend("triton"):
+            y = fastconv.conv1x1_relu(x, w)
+    assert tconv.choose_config(x, w, out, 1, True, None)[1].startswith("rule")
+    assert_close(y, reference.conv1x1_relu(x.double(), w.double()), torch.float32)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_config_compiled(dtype):
+    """Every candidate compiled for this GPU, at a shape with several tiles and K steps."""
+    for config in CONFIGS:
+        _pinned_run(config, dtype, "nhwc", (True, True, "nhwc"), shape=(4, 256, 14, 14, 320, 1))
+
+
+@gpu
+def test_first_call_tunes_once_per_shape_class():
+    x = make_input((8, 256, 14, 14), torch.bfloat16, "nhwc")
+    w = torch.randn(128, 256, 1, 1, device=DEVICE).to(torch.bfloat16)
+    tconv._tuned.clear()
+    with fastconv.use_backend("triton"):
+        fastconv.conv1x1_relu(x, w)
+        out = torch.empty(6, 128, 14, 14, device=DEVICE, dtype=torch.bfloat16)
+        config, why = tconv.choose_config(x[:6], w, out, 1, True, None)  # batch 6: same class
+    assert why in ("tuned in this process", "tuning table") and len(tconv._tuned) <= 1
