@@ -319,20 +319,22 @@ def choose_config(x, weight, out, stride, relu, residual, tune=True):
         return _tuned[key], "tuned in this process"
     if not tune or torch.cuda.is_current_stream_capturing():
         return heuristic_config(M, COUT, CIN, x.dtype), "rule (not tuned yet)"
-    _tuned[key] = _autotune(x, weight, out, stride, relu, residual, M, COUT, CIN)
+    _tuned[key] = autotune(x, weight, out, stride, relu, residual)[0]
     return _tuned[key], "tuned in this process"
 
 
-def _autotune(x, weight, out, stride, relu, residual, M, COUT, CIN):
-    """Time the short list (full call: GEMM and split-K reduction) and keep the fastest.
-    Our own loop rather than @triton.autotune: split-K's second kernel and workspace must be
-    inside the timed call, and the choice must be readable (tables, fastconv.explain)."""
+def autotune(x, weight, out, stride, relu, residual, limit=6):
+    """(fastest GemmConfig, {config: median ms}) over the short list for this call's shape,
+    each timed as the full call (GEMM and split-K reduction). Our own loop rather than
+    @triton.autotune: split-K's second kernel and workspace must be inside the timed call,
+    and the choice must be readable (tables, fastconv.explain)."""
     from triton.testing import do_bench
 
+    N, COUT, OH, OW = out.shape
+    M, CIN = N * OH * OW, x.shape[1]
     props = triton.runtime.driver.active.utils.get_device_properties(x.device.index)
     short = early_config_prune(gemm_configs(), M, COUT, CIN, x.element_size(),
-                               props["max_shared_mem"], props["multiprocessor_count"])
-    short = short or [heuristic_config(M, COUT, CIN, x.dtype)]
+                               props["max_shared_mem"], props["multiprocessor_count"], limit)
     bias = torch.zeros(COUT, dtype=x.dtype, device=x.device)
     scratch = torch.empty_like(out)
     tf32 = torch.backends.cudnn.allow_tf32
@@ -341,9 +343,10 @@ def _autotune(x, weight, out, stride, relu, residual, M, COUT, CIN):
         fn = lambda c=c: launch(x, weight, bias, scratch, stride, relu, tf32, residual, c)  # noqa: E731
         try:
             times[c] = do_bench(fn, warmup=5, rep=20, return_mode="median")
-        except Exception:  # e.g. out of resources for this card: skip the config
+        except Exception:  # e.g. out of shared memory or registers on this card: not a candidate
             continue
-    return min(times, key=times.get) if times else heuristic_config(M, COUT, CIN, x.dtype)
+    best = min(times, key=times.get) if times else heuristic_config(M, COUT, CIN, x.dtype)
+    return best, times
 
 
 def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):

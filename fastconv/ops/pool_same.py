@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastconv import _backend, _checks
+from fastconv import _backend, _checks, _tuning
 
 
 def same_geometry(H, W, kernel_size, stride):
@@ -62,7 +62,7 @@ def _torch_pool(x, kernel_size, stride, is_max, grad=None):
 def _pool(x, kernel_size, stride, is_max):
     _check(x, kernel_size, stride)
     name = "max_pool2d_same" if is_max else "avg_pool2d_same"
-    backend = _backend.resolve(x.device, name)
+    backend = _backend.resolve(x.device, name, key=_tuning.pool_key(x, kernel_size, stride))
     if backend == "torch" or x.numel() == 0:
         y = _torch_pool(x, kernel_size, stride, is_max)
         return y.contiguous(memory_format=_checks.out_memory_format(x))

@@ -6,7 +6,7 @@ one pass. Backward: both inputs get grad * (out > 0).
 import torch
 from torch import Tensor
 
-from fastconv import _backend, _checks
+from fastconv import _backend, _checks, _tuning
 
 
 def _check(x, residual):
@@ -27,7 +27,7 @@ def _run_binary(a, b, op, backend, like):
 @torch.library.custom_op("fastconv::residual_add", mutates_args=())
 def residual_add_op(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
     _check(x, residual)
-    backend = _backend.resolve(x.device, "residual_add")
+    backend = _backend.resolve(x.device, "residual_add", key=_tuning.tensor_key(x))
     if backend == "torch":
         out = torch.add(x, residual, out=_checks.empty_like_layout(x, x.shape))
         return out.relu_() if relu else out
