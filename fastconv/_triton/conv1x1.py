@@ -34,6 +34,7 @@ pipelines; compute-bound ones want 128x256 / 256x128 tiles with BLOCK_K 64 and 8
 small-pixel ones want more tiles (split-K) than 132 SMs.
 """
 import contextlib
+import os
 import threading
 from dataclasses import asdict, dataclass
 
@@ -286,6 +287,10 @@ def launch(x, weight, bias, out, stride, relu, tf32, residual, config, use_tma=T
 # --- which config runs: table > tuned in this process > rule ------------------------------------
 
 _tuned = {}  # shape class -> GemmConfig measured fastest in this process
+# A shape class outside the table is tuned on its first call over this many candidates (each
+# a compile, ~1 s, the first time this Triton cache sees it); FASTCONV_AUTOTUNE=0 uses the rule.
+FIRST_USE_CANDIDATES = 3
+AUTOTUNE_ON_FIRST_USE = os.environ.get("FASTCONV_AUTOTUNE", "1") != "0"
 _pins = threading.local()
 
 
@@ -317,9 +322,9 @@ def choose_config(x, weight, out, stride, relu, residual, tune=True):
         return GemmConfig(**entry["config"]), "tuning table"
     if key in _tuned:
         return _tuned[key], "tuned in this process"
-    if not tune or torch.cuda.is_current_stream_capturing():
+    if not tune or not AUTOTUNE_ON_FIRST_USE or torch.cuda.is_current_stream_capturing():
         return heuristic_config(M, COUT, CIN, x.dtype), "rule (not tuned yet)"
-    _tuned[key] = autotune(x, weight, out, stride, relu, residual)[0]
+    _tuned[key] = autotune(x, weight, out, stride, relu, residual, limit=FIRST_USE_CANDIDATES)[0]
     return _tuned[key], "tuned in this process"
 
 

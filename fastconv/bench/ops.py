@@ -12,12 +12,13 @@ def providers(on_gpu, wanted):
     """name -> (backend or None for eager/compile, compile mode)."""
     names = {"eager": (None, None)}
     if on_gpu:
-        names.update({"triton": ("triton", None), "cuda": ("cuda", None),
+        # "auto": what fastconv runs by default (the tuning table, else the rule)
+        names.update({"auto": ("auto", None), "triton": ("triton", None), "cuda": ("cuda", None),
                       "compile": (None, "default"), "compile-max-autotune": (None, "max-autotune")})
         if "cuda" not in fastconv.available_backends():
             names.pop("cuda")
     else:
-        names.update({"torch": ("torch", None)})
+        names.update({"torch": ("torch", None), "auto": ("auto", None)})
     return {k: v for k, v in names.items() if not wanted or k in wanted}
 
 
@@ -58,6 +59,9 @@ def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=T
         for row in rows[-len(provs):]:
             row["vs_eager"] = times["eager"] / row["median_ms"]
             row["vs_compile"] = times["compile"] / row["median_ms"] if "compile" in times else None
+            # the strongest baseline: Inductor's max-autotune (a 1x1 conv as a tuned Triton matmul)
+            best = times.get("compile-max-autotune")
+            row["vs_compile_max_autotune"] = best / row["median_ms"] if best else None
         if progress:
             print(f"\r[{i + 1}/{len(plan)}] {case.op} {case.label} {dn}", end="", file=sys.stderr)
     if progress:
