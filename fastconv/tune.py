@@ -75,34 +75,60 @@ def _timer(on_gpu, quick):
     return once
 
 
+def _time_backends(entry, backends, call, expected, dtype, timer, pins):
+    """Fill entry["ms"] with each backend's median (pinned to pins[backend], if any), skipping
+    a backend whose result differs from the torch composition's; pick the fastest."""
+    tconv = _triton_conv()
+    for backend in backends:
+        with tconv.pinned_config(pins.get(backend)), fastconv.use_backend(backend):
+            outs = call()
+            outs, refs = (outs, expected) if isinstance(outs, tuple) else ((outs,), (expected,))
+            err = max(reference.rel_error(o, e) for o, e in zip(outs, refs))
+            if not err <= MAX_REL_ERROR.get(dtype, 0.0):
+                entry["rejected"][backend] = f"relative error {err:.3g} vs the torch composition"
+                continue
+            entry["ms"][backend] = timer(call)
+    entry["backend"] = min(entry["ms"], key=entry["ms"].get)
+    if entry["backend"] != "triton":
+        entry["config"] = None
+    return entry
+
+
 def tune_case(op, case, key_of, backends, timer, limit):
-    """One table entry: every backend timed through the op itself (host cost included), the
-    Triton conv with its tuned config; the fastest backend whose output matches torch's."""
+    """Table entries for one case: every backend timed through the op itself (host cost
+    included), the Triton conv with its tuned config; the fastest backend whose output matches
+    torch's. A ReLU conv adds the entry of its backward's ReLU-mask + bias-gradient op."""
     inputs = case.make()
+    x = inputs[0]
     key = key_of(*inputs)
     entry = {"op": op, "key": key, "label": case.label, "config": None, "ms": {}, "rejected": {}}
     with torch.no_grad():
         with fastconv.use_backend("torch"):
             expected = case.ours(*inputs)
-        for backend in backends:
-            pin = None
-            if backend == "triton" and op == "conv1x1_relu" and inputs[0].is_cuda:
-                x, w, b, *r = inputs
-                stride = int(key[4])
-                out = torch.empty_like(expected)
-                pin, _ = _triton_conv().autotune(x, w, out, stride, key[5], r[0] if r else None, limit)
-                entry["config"] = pin.as_dict()
-            with _triton_conv().pinned_config(pin), fastconv.use_backend(backend):
-                call = lambda: case.ours(*inputs)  # noqa: E731
-                err = reference.rel_error(call(), expected)
-                if not err <= MAX_REL_ERROR.get(inputs[0].dtype, 0.0):
-                    entry["rejected"][backend] = f"relative error {err:.3g} vs the torch composition"
-                    continue
-                entry["ms"][backend] = timer(call)
-    entry["backend"] = min(entry["ms"], key=entry["ms"].get)
-    if entry["backend"] != "triton":
-        entry["config"] = None
-    return entry
+        pins = {}
+        if op == "conv1x1_relu" and x.is_cuda and "triton" in backends:
+            w, r = inputs[1], (inputs[3] if len(inputs) > 3 else None)
+            pins["triton"], _ = _triton_conv().autotune(x, w, torch.empty_like(expected), key[4], key[5], r, limit)
+            entry["config"] = pins["triton"].as_dict()
+        entries = [_time_backends(entry, backends, lambda: case.ours(*inputs), expected, x.dtype, timer, pins)]
+        if op == "conv1x1_relu":
+            entries.append(_tune_backward(case.label, expected, key[5], backends, timer))
+    return entries
+
+
+def _tune_backward(label, y, relu, backends, timer):
+    grad = torch.randn_like(y)
+    key = _tuning.tensor_key(grad) + (bool(relu),)
+    entry = {"op": "relu_bias_backward", "key": key, "label": label + " backward", "config": None,
+             "ms": {}, "rejected": {}}
+    call = lambda: torch.ops.fastconv.relu_bias_backward(grad, y, relu)  # noqa: E731
+    with fastconv.use_backend("torch"):
+        expected = call()
+    pins = {}
+    if y.is_cuda and "triton" in backends:
+        pins["triton"], _ = _triton_conv().autotune_grad(grad, y, relu)
+        entry["config"] = pins["triton"].as_dict()
+    return _time_backends(entry, backends, call, expected, y.dtype, timer, pins)
 
 
 def run(specs, dtypes, batch, device, backends, quick, budget_s=None, progress=True):
@@ -116,9 +142,10 @@ def run(specs, dtypes, batch, device, backends, quick, budget_s=None, progress=T
             break
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dn == "tf32"
         op, case, key_of = _case(spec, batch, DTYPES[dn], device)
-        entries.append(tune_case(op, case, key_of, backends, timer, 3 if quick else 6))
+        new = tune_case(op, case, key_of, backends, timer, 3 if quick else 6)
+        entries += new
         if progress:
-            e = entries[-1]
+            e = new[0]
             print(f"\r[{i + 1}/{len(plan)}] {op} {case.label} {dn}: {e['backend']}  ", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)

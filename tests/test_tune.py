@@ -21,7 +21,8 @@ def test_dry_run_writes_a_loadable_table_and_nothing_in_the_package(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["mode"] == "dry-run" and doc["arch"] == "cpu-dry-run"
     table = _tuning.load(out)
-    assert set(table) == {"conv1x1_relu", "residual_add", "max_pool2d_same", "avg_pool2d_same"}
+    assert set(table) == {"conv1x1_relu", "relu_bias_backward", "residual_add", "max_pool2d_same",
+                          "avg_pool2d_same"}
     assert ("bf16", 1, 2, 3, 1, True, False, "nhwc") in table["conv1x1_relu"]  # merged, not dropped
     for entries in table.values():
         for key, e in entries.items():

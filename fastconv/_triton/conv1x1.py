@@ -296,7 +296,8 @@ _pins = threading.local()
 
 @contextlib.contextmanager
 def pinned_config(config):
-    """Run every conv1x1 inside the block with `config` (tests, the tuner)."""
+    """Run every conv1x1 (a GemmConfig) or relu_grad_bias (a GradConfig) inside the block
+    with `config` (tests, the tuner); None pins nothing."""
     previous = getattr(_pins, "config", None)
     _pins.config = config
     try:
@@ -310,7 +311,7 @@ def choose_config(x, weight, out, stride, relu, residual, tune=True):
     class; one tuned in this process; else the rule. Tuning (a short list, timed once per shape
     class) happens only on a GPU, outside CUDA-graph capture, never in the interpreter."""
     pin = getattr(_pins, "config", None)
-    if pin is not None:
+    if isinstance(pin, GemmConfig):
         return pin, "pinned"
     N, COUT, OH, OW = out.shape
     M, CIN = N * OH * OW, x.shape[1]
@@ -363,12 +364,43 @@ def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
 
 # --- backward: ReLU mask + bias gradient ---------------------------------------------------------
 
+@dataclass(frozen=True)
+class GradConfig:
+    """Tile of the bias/ReLU backward: BLOCK_P pixels x BLOCK_C channels."""
+    block_p: int
+    block_c: int
+    num_warps: int = 4
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def grad_configs():
+    """Candidates: 2K-8K elements per program (8-32 KB of fp32 in flight), channel widths 32-128
+    (whole 64-256 B NHWC row segments, one atomic per channel per program)."""
+    return [GradConfig(p, c, w) for p, c, w in
+            [(64, 64, 4), (128, 64, 8), (32, 128, 4), (64, 128, 8), (128, 32, 4), (256, 32, 8)]]
+
+
 def grad_config(C):
-    """(BLOCK_P, BLOCK_C, num_warps) of the bias/ReLU backward: 4096-element tiles (16 KB of
-    fp32 in flight per program), channels up to 64 wide so NHWC rows load as whole sectors and
-    each program issues one atomic per channel. Memory-bound: 2 reads + 1 write per element."""
+    """The rule: 4096-element tiles, channels up to 64 wide. Memory-bound: 2 reads + 1 write
+    per element (6 B at 16-bit), the bias sum rides along."""
     block_c = min(triton.next_power_of_2(C), 64)
-    return 4096 // block_c, block_c, 4
+    return GradConfig(4096 // block_c, block_c, 4)
+
+
+def choose_grad_config(grad, relu):
+    """(GradConfig, why): a pinned one, the table's entry for the shape class, else the rule.
+    Not tuned on first use: a memory-bound kernel whose rule is within a few % (the tuner
+    measures the list)."""
+    pin = getattr(_pins, "config", None)
+    if isinstance(pin, GradConfig):
+        return pin, "pinned"
+    if grad.device.type == "cuda" and not _backend._interpreting():
+        entry = _tuning.lookup(grad.device, "relu_bias_backward", _tuning.tensor_key(grad) + (bool(relu),))
+        if entry is not None and entry.get("config"):
+            return GradConfig(**entry["config"]), "tuning table"
+    return grad_config(grad.shape[1]), "rule"
 
 
 @triton.jit
@@ -396,14 +428,28 @@ def _relu_grad_bias_kernel(g_ptr, y_ptr, gin_ptr, db_ptr, P, C, H, W,
     tl.atomic_add(db_ptr + c, tl.sum(g.to(ACC), axis=0), mask=c < C)
 
 
-def relu_grad_bias(grad, y, grad_in, bias_grad, relu):
-    """grad_in = grad * (y > 0) (or grad if not relu); bias_grad (fp32, zeroed) += its channel sums."""
+def launch_grad(grad, y, grad_in, bias_grad, relu, config):
+    """relu_grad_bias with an explicit GradConfig."""
     N, C, H, W = grad.shape
-    P = N * H * W
     if grad.numel() == 0:
         return
-    block_p, block_c, warps = grad_config(C)
-    grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c))
-    _relu_grad_bias_kernel[grid](grad, y, grad_in, bias_grad, P, C, H, W, *grad.stride(),
+    grid = (triton.cdiv(N * H * W, config.block_p), triton.cdiv(C, config.block_c))
+    _relu_grad_bias_kernel[grid](grad, y, grad_in, bias_grad, N * H * W, C, H, W, *grad.stride(),
                                  *y.stride(), *grad_in.stride(), RELU=relu, ACC=acc_type(grad),
-                                 BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
+                                 BLOCK_P=config.block_p, BLOCK_C=config.block_c, num_warps=config.num_warps)
+
+
+def autotune_grad(grad, y, relu):
+    """(fastest GradConfig, {config: median ms}) over grad_configs() (the tuner's step)."""
+    from triton.testing import do_bench
+
+    grad_in = torch.empty_like(grad)
+    bias_grad = torch.zeros(grad.shape[1], dtype=torch.float32, device=grad.device)
+    times = {c: do_bench(lambda c=c: launch_grad(grad, y, grad_in, bias_grad, relu, c),
+                         warmup=5, rep=20, return_mode="median") for c in grad_configs()}
+    return min(times, key=times.get), times
+
+
+def relu_grad_bias(grad, y, grad_in, bias_grad, relu):
+    """grad_in = grad * (y > 0) (or grad if not relu); bias_grad (fp32, zeroed) += its channel sums."""
+    launch_grad(grad, y, grad_in, bias_grad, relu, choose_grad_config(grad, relu)[0])

@@ -78,7 +78,8 @@ def _(x, weight, bias=None, stride=1, relu=True, residual=None):
 @torch.library.custom_op("fastconv::relu_bias_backward", mutates_args=())
 def relu_bias_backward_op(grad: Tensor, out: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
     """(g, bias_grad): g = grad masked where out <= 0 (if relu), bias_grad = g summed over N, H, W."""
-    backend = _backend.resolve(grad.device, "relu_bias_backward")
+    backend = _backend.resolve(grad.device, "relu_bias_backward",
+                               key=_tuning.tensor_key(grad) + (bool(relu),))
     g = _checks.empty_like_layout(out, out.shape)
     acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
     if backend == "torch":

@@ -256,6 +256,23 @@ def test_choose_config_in_the_interpreter_is_the_rule_or_the_pin():
     assert_close(y, reference.conv1x1_relu(x.double(), w.double()), torch.float32)
 
 
+@pytest.mark.parametrize("relu", [True, False])
+def test_every_grad_config(relu):
+    """The backward's candidates, each pinned: masked gradient and fp32 bias sums; odd C,
+    a strided gradient, 7x7 pixels in several pixel tiles."""
+    grad = make_input((2, 33, 7, 7), torch.float16, "strided")
+    y = make_input((2, 33, 7, 7), torch.float16, "nhwc")
+    ref = torch.where(y.double() <= 0, 0.0, grad.double()) if relu else grad.double()
+    for config in tconv.grad_configs():
+        g = torch.full_like(y, float("nan"))
+        bias_grad = torch.zeros(33, device=DEVICE)
+        with tconv.pinned_config(config):
+            assert tconv.choose_grad_config(grad, relu) == (config, "pinned")
+            tconv.relu_grad_bias(grad, y, g, bias_grad, relu)
+        assert_close(g, ref, torch.float16)
+        assert_close(bias_grad, ref.sum((0, 2, 3)), torch.float16, "bias_grad")
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_every_config_compiled(dtype):
