@@ -76,8 +76,9 @@ def gemm_configs():
     deep K steps with 3-5 stages to keep the tensor cores fed; split-K 2 and 4 for small-pixel
     layers whose tile count is under the SM count."""
     tiles = [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
-             (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 4, 5), (64, 256, 32, 4, 4),
-             (64, 64, 128, 4, 3), (64, 64, 64, 4, 5)]
+             (256, 64, 64, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 4, 5),
+             (64, 256, 32, 4, 4), (64, 64, 128, 4, 3), (64, 64, 64, 4, 5), (128, 32, 128, 4, 3),
+             (256, 32, 64, 4, 4)]
     configs = [GemmConfig(m, n, k, 8, 1, w, s) for m, n, k, w, s in tiles]
     configs += [GemmConfig(128, 128, 64, 8, sk, 8, 4) for sk in (2, 4)]
     configs += [GemmConfig(64, 128, 64, 8, sk, 4, 4) for sk in (2, 4)]
@@ -93,12 +94,12 @@ def early_config_prune(configs, m, n, k, elem_bytes, smem_bytes=SMEM_BYTES_SM90,
     drop configs whose pipeline (stages x (A tile + B tile)) overflows shared memory, whose
     tiles are much larger than the matrix (a 256-row tile on a 49-row problem), and split-K
     where the plain tiles already fill the SMs or a split would have under two K steps; keep
-    at most `limit`, the ones whose tile count best fills whole waves first."""
+    at most `limit`: the ones whose tile count best fills whole waves first, and the biggest tile."""
     def fits(c):
         smem = c.num_stages * (c.block_m + c.block_n) * c.block_k * elem_bytes
         if smem > smem_bytes:
             return False
-        if c.block_n > max(32, 2 * triton.next_power_of_2(n)) or c.block_k > max(32, triton.next_power_of_2(k)):
+        if c.block_n > max(32, triton.next_power_of_2(n)) or c.block_k > max(32, triton.next_power_of_2(k)):
             return False
         if c.block_m > max(64, triton.next_power_of_2(m)):
             return False
@@ -107,12 +108,17 @@ def early_config_prune(configs, m, n, k, elem_bytes, smem_bytes=SMEM_BYTES_SM90,
             return tiles < sms and k // c.split_k >= 2 * c.block_k
         return True
 
-    def waste(c):  # idle SM-slots in the last wave, as a fraction; bigger tiles break ties
+    def waste(c):  # idle SM-slots over all waves in 10% steps; then bigger tiles (fewer re-reads)
         tiles = triton.cdiv(m, c.block_m) * triton.cdiv(n, c.block_n) * c.split_k
         waves = triton.cdiv(tiles, sms)
-        return (waves * sms - tiles) / (waves * sms), -c.block_m * c.block_n
+        return round(10 * (waves * sms - tiles) / (waves * sms)), -c.block_m * c.block_n, c.split_k
 
-    return sorted(filter(fits, configs), key=waste)[:limit]
+    ranked = sorted(filter(fits, configs), key=waste)
+    short = ranked[:limit]
+    biggest = min(ranked, key=lambda c: (-c.block_m * c.block_n, c.split_k), default=None)
+    if biggest is not None and biggest not in short:  # compute-bound classes want it even if
+        short[-1] = biggest                             # it leaves SMs idle in the last wave
+    return short
 
 
 def heuristic_config(m, n, k, dtype):

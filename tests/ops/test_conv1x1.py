@@ -180,7 +180,7 @@ def _pinned_run(config, dtype, layout, epilogue, use_tma=True, shape=(2, 80, 5, 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "{}x{}x{}-g{}-split{}-w{}-s{}".format(*c.as_dict().values()))
 def test_every_config(config, dtype):
     """Each candidate on a dense NHWC input (the TMA path where descriptors exist) and on an
     NCHW one (pointer loads), with bias + residual + ReLU."""
