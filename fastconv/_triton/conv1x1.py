@@ -292,7 +292,7 @@ def launch(x, weight, bias, out, stride, relu, tf32, residual, config, use_tma=T
 
 # --- which config runs: table > tuned in this process > rule ------------------------------------
 
-_tuned = {}  # shape class -> GemmConfig measured fastest in this process
+_tuned = {}  # (device index, shape class) -> GemmConfig measured fastest in this process
 # A shape class outside the table is tuned on its first call over this many candidates (each
 # a compile, ~1 s, the first time this Triton cache sees it); FASTCONV_AUTOTUNE=0 uses the rule.
 FIRST_USE_CANDIDATES = 3
@@ -327,12 +327,14 @@ def choose_config(x, weight, out, stride, relu, residual, tune=True):
     entry = _tuning.lookup(x.device, "conv1x1_relu", key)
     if entry is not None and entry.get("config"):
         return GemmConfig(**entry["config"]), "tuning table"
-    if key in _tuned:
-        return _tuned[key], "tuned in this process"
+    tuned = _tuned.get((x.device.index, key))
+    if tuned is not None:
+        return tuned, "tuned in this process"
     if not tune or not AUTOTUNE_ON_FIRST_USE or torch.cuda.is_current_stream_capturing():
         return heuristic_config(M, COUT, CIN, x.dtype), "rule (not tuned yet)"
-    _tuned[key] = autotune(x, weight, out, stride, relu, residual, limit=FIRST_USE_CANDIDATES)[0]
-    return _tuned[key], "tuned in this process"
+    tuned = _tuned[(x.device.index, key)] = autotune(x, weight, out, stride, relu, residual,
+                                                     limit=FIRST_USE_CANDIDATES)[0]
+    return tuned, "tuned in this process"
 
 
 def autotune(x, weight, out, stride, relu, residual, limit=6):
