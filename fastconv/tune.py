@@ -112,11 +112,11 @@ def tune_case(op, case, key_of, backends, timer, limit):
             entry["config"] = pins["triton"].as_dict()
         entries = [_time_backends(entry, backends, lambda: case.ours(*inputs), expected, x.dtype, timer, pins)]
         if op == "conv1x1_relu":
-            entries.append(_tune_backward(case.label, expected, key[5], backends, timer))
+            entries.append(_tune_backward(case.label, expected, key[5], backends, timer, limit))
     return entries
 
 
-def _tune_backward(label, y, relu, backends, timer):
+def _tune_backward(label, y, relu, backends, timer, limit):
     grad = torch.randn_like(y)
     key = _tuning.tensor_key(grad) + (bool(relu),)
     entry = {"op": "relu_bias_backward", "key": key, "label": label + " backward", "config": None,
@@ -126,7 +126,7 @@ def _tune_backward(label, y, relu, backends, timer):
         expected = call()
     pins = {}
     if y.is_cuda and "triton" in backends:
-        pins["triton"], _ = _triton_conv().autotune_grad(grad, y, relu)
+        pins["triton"], _ = _triton_conv().autotune_grad(grad, y, relu, limit)
         entry["config"] = pins["triton"].as_dict()
     return _time_backends(entry, backends, call, expected, y.dtype, timer, pins)
 

@@ -9,6 +9,9 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+# On a GPU, a Triton conv outside the tuning table would tune itself on first use: once per
+# test shape, minutes in all. Tests pin configs or use the rule; tests of tuning turn it on.
+os.environ.setdefault("FASTCONV_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 
