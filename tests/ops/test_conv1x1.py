@@ -182,11 +182,12 @@ def _pinned_run(config, dtype, layout, epilogue, use_tma=True, shape=(2, 80, 5, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "{}x{}x{}-g{}-split{}-w{}-s{}".format(*c.as_dict().values()))
 def test_every_config(config, dtype):
-    """Each candidate on a dense NHWC input (the TMA path where descriptors exist) and on an
-    NCHW one (pointer loads), with bias + residual + ReLU."""
+    """Each candidate on a dense NHWC input (the TMA path where descriptors exist) and, in
+    fp32, on an NCHW one (pointer loads), with bias + residual + ReLU."""
     x, w, _ = _pinned_run(config, dtype, "nhwc", (True, True, "nhwc"))
     assert (tconv._tma_views(x, w[:, :, 0, 0], 1, config) is not None) == (tconv.TensorDescriptor is not None)
-    _pinned_run(config, dtype, "nchw", (True, True, "strided"))
+    if dtype == torch.float32:
+        _pinned_run(config, dtype, "nchw", (True, True, "strided"))
 
 
 @pytest.mark.parametrize("epilogue", [(True, True, None), (False, False, None), (True, False, "strided"),
