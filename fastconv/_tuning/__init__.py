@@ -28,10 +28,13 @@ DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp
 _tables = {}  # CUDA device index -> {op: {shape class: entry}}
 
 
-def _layout(x):
-    if x.is_contiguous(memory_format=torch.channels_last):
+def _layout(shape, strides):
+    """"nhwc" (dense channels_last), "nchw" (dense contiguous) or "strided", from the strides
+    (tuple compares: cheaper than two is_contiguous calls)."""
+    N, C, H, W = shape
+    if strides == (H * W * C, 1, W * C, C):
         return "nhwc"
-    return "nchw" if x.is_contiguous() else "strided"
+    return "nchw" if strides == (C * H * W, H * W, W, 1) else "strided"
 
 
 def _pow2(n):
@@ -41,18 +44,21 @@ def _pow2(n):
 
 def conv_key(x, weight, stride, relu, residual):
     """Shape class of a conv1x1_relu call. fp32 also records the TF32 flag it follows."""
-    N, C, H, W = x.shape
+    shape = x.shape
+    N, C, H, W = shape
     m = N * ((H - 1) // stride + 1) * ((W - 1) // stride + 1)
     dtype = DTYPE_NAMES[x.dtype]
-    if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+    if dtype == "fp32" and torch._C._get_cudnn_allow_tf32():  # the flag, without the property's cost
         dtype = "tf32"
-    return (dtype, _pow2(m), C, weight.shape[0], stride, bool(relu), residual is not None, _layout(x))
+    return (dtype, _pow2(m), C, weight.shape[0], stride, bool(relu), residual is not None,
+            _layout(shape, x.stride()))
 
 
 def tensor_key(x):
     """Shape class of residual_add on x: dtype, batch class, C, H, W, layout."""
-    N, C, H, W = x.shape
-    return (DTYPE_NAMES[x.dtype], _pow2(N), C, H, W, _layout(x))
+    shape = x.shape
+    N, C, H, W = shape
+    return (DTYPE_NAMES[x.dtype], _pow2(N), C, H, W, _layout(shape, x.stride()))
 
 
 def pool_key(x, kernel_size, stride):
