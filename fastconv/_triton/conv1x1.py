@@ -22,13 +22,15 @@ process's tuning, or the rule `heuristic_config`).
 Napkin math (bf16, batch 128, 224x224 nets; B = bytes of x + w + out [+ r], H100 ridge ~266
 FLOP/B, H200 ~190; "tiles" at 128x128 vs 132 SMs):
   Cin=256 56x56 -> 64      M=401k  FLOP/B  51  memory-bound   3136 tiles
-  Cin=64 56x56 -> 256 +r   M=401k  FLOP/B  43  memory-bound   6272 tiles
+  Cin=64 56x56 -> 256 +r   M=401k  FLOP/B  28  memory-bound   6272 tiles
   Cin=192 28x28 -> 64      M=100k  FLOP/B  48  memory-bound    784 tiles
   Cin=512 28x28 -> 128     M=100k  FLOP/B 102  memory-bound    784 tiles
   Cin=1024 14x14 -> 256    M=25k   FLOP/B 204  at the ridge    392 tiles
-  Cin=2048 7x7 -> 512      M=6.3k  FLOP/B 410  compute-bound   196 tiles (1.5 waves)
-  Cin=832 7x7 -> 384       M=6.3k  FLOP/B 290  compute-bound   147 tiles (1.1 waves: split-K 2
-                                                                -> 294, +M*N*8 B of fp32 partials)
+  Cin=2048 7x7 -> 512      M=6.3k  FLOP/B 384  compute-bound   196 tiles (1.5 waves)
+  Cin=832 7x7 -> 384       M=6.3k  FLOP/B 252  compute-bound   147 tiles (1.1 waves; 64x64
+                                                                tiles: 588, 4.5 waves)
+  Cin=832 7x7 -> 128       M=6.3k  FLOP/B 206  at the ridge     49 tiles (split-K 4: 196, +M*N*8 B
+                                                                of fp32 partials per slice)
 Memory-bound classes want big BLOCK_N (read x once: Cout <= 256 in one column tile) and deep
 pipelines; compute-bound ones want 128x256 / 256x128 tiles with BLOCK_K 64 and 8 warps; the
 small-pixel ones want more tiles (split-K) than 132 SMs.
