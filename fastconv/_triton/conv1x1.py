@@ -29,8 +29,10 @@ FLOP/B, H200 ~190; "tiles" at 128x128 vs 132 SMs):
   Cin=2048 7x7 -> 512      M=6.3k  FLOP/B 384  compute-bound   196 tiles (1.5 waves)
   Cin=832 7x7 -> 384       M=6.3k  FLOP/B 252  compute-bound   147 tiles (1.1 waves; 64x64
                                                                 tiles: 588, 4.5 waves)
-  Cin=832 7x7 -> 128       M=6.3k  FLOP/B 206  at the ridge     49 tiles (split-K 4: 196, +M*N*8 B
-                                                                of fp32 partials per slice)
+  Cin=832 7x7 -> 128       M=6.3k  FLOP/B 109  memory-bound     49 tiles: 37% of the SMs; split-K 4
+                                                                -> 196 tiles, but +M*N*8 B of fp32
+                                                                partials per slice (2x the bytes):
+                                                                the tuner decides
 Memory-bound classes want big BLOCK_N (read x once: Cout <= 256 in one column tile) and deep
 pipelines; compute-bound ones want 128x256 / 256x128 tiles with BLOCK_K 64 and 8 warps; the
 small-pixel ones want more tiles (split-K) than 132 SMs.
