@@ -173,12 +173,12 @@ def dump(doc):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastconv.tune", description=__doc__.split("\n\n")[1])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--quick", action="store_true", help="key shapes, bf16, 3 configs, ~1 minute")
+    p.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes in the interpreter")
+    p.add_argument("--out", type=Path, help="table file (default: the package's, for this GPU)")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
-    p.add_argument("--budget-s", type=float)
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: bf16 (--quick), bf16 fp16")
+    p.add_argument("--budget-s", type=float, help="stop tuning after this many seconds (--quick: 50)")
     args = p.parse_args(argv)
     on_gpu = torch.cuda.is_available()
     if args.dry_run:
