@@ -341,6 +341,12 @@ def choose_config(x, weight, out, stride, relu, residual, tune=True):
     return tuned, "tuned in this process"
 
 
+def _device_limits(device):
+    """(shared memory bytes per block, SM count) of a CUDA device."""
+    props = triton.runtime.driver.active.utils.get_device_properties(device.index)
+    return props["max_shared_mem"], props["multiprocessor_count"]
+
+
 def autotune(x, weight, out, stride, relu, residual, limit=6):
     """(fastest GemmConfig, {config: median ms}) over the short list for this call's shape,
     each timed as the full call (GEMM and split-K reduction). Our own loop rather than
@@ -350,9 +356,7 @@ def autotune(x, weight, out, stride, relu, residual, limit=6):
 
     N, COUT, OH, OW = out.shape
     M, CIN = N * OH * OW, x.shape[1]
-    props = triton.runtime.driver.active.utils.get_device_properties(x.device.index)
-    short = early_config_prune(gemm_configs(), M, COUT, CIN, x.element_size(),
-                               props["max_shared_mem"], props["multiprocessor_count"], limit)
+    short = early_config_prune(gemm_configs(), M, COUT, CIN, x.element_size(), *_device_limits(x.device), limit)
     bias = torch.zeros(COUT, dtype=x.dtype, device=x.device)
     scratch = torch.empty_like(out)
     tf32 = torch.backends.cudnn.allow_tf32

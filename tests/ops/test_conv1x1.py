@@ -274,6 +274,30 @@ def test_every_grad_config(relu):
         assert_close(bias_grad, ref.sum((0, 2, 3)), torch.float16, "bias_grad")
 
 
+def test_autotune_keeps_the_fastest_and_skips_failing_configs(monkeypatch):
+    """The tuning loop on the CPU: a fake clock (each config runs once in the interpreter) that
+    makes the second candidate fastest and the third fail to launch."""
+    import triton.testing
+    timed = []
+
+    def fake_bench(fn, warmup, rep, return_mode):
+        timed.append(fn)
+        if len(timed) == 3:
+            raise RuntimeError("out of resources")
+        fn()
+        return 1.0 if len(timed) != 2 else 0.5
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(tconv, "_device_limits", lambda device: (tconv.SMEM_BYTES_SM90, 132))
+    x = make_input((2, 128, 12, 12), torch.float16, "nhwc")
+    w = _weight(128, 128, torch.float16, "4d")
+    out = torch.empty(2, 128, 12, 12, dtype=torch.float16, device=DEVICE)
+    best, times = tconv.autotune(x, w, out, 1, True, None, limit=4)
+    short = tconv.early_config_prune(tconv.gemm_configs(), 288, 128, 128, 2, limit=4)
+    assert len(timed) == len(short) == 4 and list(times) == [c for i, c in enumerate(short) if i != 2]
+    assert best == short[1]
+
+
 @gpu
 def test_every_config_compiled():
     """Every candidate compiled for this GPU (bf16: TMA loads; one compile each), at a shape
