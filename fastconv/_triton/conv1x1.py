@@ -302,6 +302,7 @@ _tuned = {}  # (device index, shape class) -> GemmConfig measured fastest in thi
 FIRST_USE_CANDIDATES = 3
 AUTOTUNE_ON_FIRST_USE = os.environ.get("FASTCONV_AUTOTUNE", "1") != "0"
 _pins = threading.local()
+_INTERPRETING = _backend._interpreting()  # fixed once triton is imported
 
 
 @contextlib.contextmanager
@@ -325,7 +326,7 @@ def choose_config(x, weight, out, stride, relu, residual, tune=True):
         return pin, "pinned"
     N, COUT, OH, OW = out.shape
     M, CIN = N * OH * OW, x.shape[1]
-    if x.dtype == torch.float64 or _backend._interpreting() or x.device.type != "cuda":
+    if x.device.type != "cuda" or x.dtype == torch.float64 or _INTERPRETING:
         return heuristic_config(M, COUT, CIN, x.dtype), "rule (no tuning in the interpreter or for float64)"
     key = _tuning.conv_key(x, weight, stride, relu, residual)
     entry = _tuning.lookup(x.device, "conv1x1_relu", key)
@@ -412,7 +413,7 @@ def choose_grad_config(grad, relu):
     pin = getattr(_pins, "config", None)
     if isinstance(pin, GradConfig):
         return pin, "pinned"
-    if grad.device.type == "cuda" and not _backend._interpreting():
+    if grad.device.type == "cuda" and not _INTERPRETING:
         entry = _tuning.lookup(grad.device, "relu_bias_backward", _tuning.tensor_key(grad) + (bool(relu),))
         if entry is not None and entry.get("config"):
             return GradConfig(**entry["config"]), "tuning table"
