@@ -224,19 +224,21 @@ def _conv1x1_kernel(x_ptr, x_desc, w_ptr, w_desc, b_ptr, r_ptr, out_ptr, part_pt
 
 
 @triton.jit
-def _splitk_epilogue_kernel(part_ptr, b_ptr, r_ptr, out_ptr, M, COUT, OH, OW,
+def _splitk_epilogue_kernel(part_ptr, b_ptr, r_ptr, out_ptr, M, COUT, OH, OW, SLICE,
                             so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                             HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
                             ACC: tl.constexpr, SPLIT_K: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # The split-K reduction: partial sums added in split order (the same bits every run).
+    # The split-K reduction: partial sums added in split order (the same bits every run);
+    # SLICE = M * COUT elements between two slices (an int64 argument when it needs one).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows < M)[:, None] & (cols < COUT)[None, :]
-    offs = rows[:, None] * COUT + cols[None, :]
+    parts = part_ptr + rows[:, None] * COUT + cols[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for s in range(SPLIT_K):
-        acc += tl.load(part_ptr + s * M * COUT + offs, mask=mask, other=0.0).to(ACC)
+    for _ in range(SPLIT_K):
+        acc += tl.load(parts, mask=mask, other=0.0).to(ACC)
+        parts += SLICE
     _epilogue(acc, rows, cols, M, COUT, OH, OW, b_ptr, r_ptr, out_ptr, so_n, so_c, so_h, so_w,
               sr_n, sr_c, sr_h, sr_w, HAS_BIAS, HAS_RES, RELU, ACC)
 
@@ -289,7 +291,7 @@ def launch(x, weight, bias, out, stride, relu, tf32, residual, config, use_tma=T
                           SPLIT_K=split_k, num_warps=c.num_warps, num_stages=c.num_stages, **flags)
     if split_k > 1:  # 64x64 tiles: 16 KB of fp32 partials per split, enough programs to fill the GPU
         grid = (triton.cdiv(M, 64), triton.cdiv(COUT, 64))
-        _splitk_epilogue_kernel[grid](part, b, res, out, M, COUT, OH, OW, *out.stride(), *res.stride(),
+        _splitk_epilogue_kernel[grid](part, b, res, out, M, COUT, OH, OW, M * COUT, *out.stride(), *res.stride(),
                                       SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64, num_warps=4, **flags)
     return out
 
