@@ -190,13 +190,14 @@ def test_every_config(config, dtype):
         _pinned_run(config, dtype, "nchw", (True, True, "strided"))
 
 
-@pytest.mark.parametrize("epilogue", [(True, True, None), (False, False, None), (True, False, "strided"),
-                                      (False, True, "nchw")])
+@pytest.mark.parametrize("epilogue, use_tma", [((True, True, None), True), ((False, False, None), True),
+                                               ((True, False, "strided"), True), ((False, True, "nchw"), True),
+                                               ((True, True, "nhwc"), False)])  # the pointer fallback
 @pytest.mark.parametrize("split_k", [1, 3])
-@pytest.mark.parametrize("use_tma", [True, False])
-def test_epilogues_split_k_and_tma_fallback(epilogue, split_k, use_tma):
-    """Every epilogue variant through the fused epilogue and split-K's reduction kernel, on the
-    TMA path and the pointer fallback; odd Cout, 1x1 and 5x5 images, stride 2."""
+def test_epilogues_split_k_and_tma_fallback(epilogue, use_tma, split_k):
+    """Every epilogue variant through the fused epilogue and split-K's reduction kernel (TMA
+    loads where x allows them), and the pointer fallback on a TMA-able input; odd Cout, 1x1 and
+    5x5 images, stride 2 (pointer loads)."""
     config = GemmConfig(16, 16, 16, 2, split_k, 4, 2)
     for shape in [(2, 48, 5, 5, 17, 1), (2, 48, 1, 1, 3, 1), (1, 64, 5, 5, 5, 2)]:
         _pinned_run(config, torch.float16, "nhwc", epilogue, use_tma, shape)
