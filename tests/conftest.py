@@ -20,6 +20,8 @@ from fastconv import _checks  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 gpu = pytest.mark.gpu
+# --outcomes-log: each test's outcome streamed to a file as it finishes (bench/gpu_check.sh).
+pytest_plugins = ["tests.outcomes"]
 
 # Every kernel backend is tested with the same suite; "cuda" needs a GPU.
 BACKENDS = ["torch", "triton", pytest.param("cuda", marks=gpu)]
@@ -31,11 +33,11 @@ LAYOUTS = ["nchw", "nhwc", "strided"]
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if "quick" not in item.keywords:  # the tiers: -m quick (tests/test_quick_tier.py), -m deep
+            item.add_marker(pytest.mark.deep)
+        if not HAS_CUDA and "gpu" in item.keywords:
             item.add_marker(skip)
 
 
