@@ -72,6 +72,29 @@ def randomize_batchnorm(model, seed=0):
     return model
 
 
+def calibrate_batchnorm(model, inputs, seed=0):
+    """Realistic BatchNorm (in place): random affine parameters, then running statistics
+    measured on `inputs` (train-mode forwards, cumulative average), as training leaves them.
+    Every BN then normalizes its input to the scale of its affine parameters, so activations
+    keep a realistic scale at any depth whatever the weight init: with fresh statistics BN is
+    an identity that rounds away in bf16, and GoogLeNet's default init shrinks its bf16
+    features to ~2e-11 (its logits then equal the classifier's bias, and any error hides)."""
+    randomize_batchnorm(model, seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration forwards
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for x in inputs:
+            model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    return model.train(was_training)
+
+
 def rel_error(out, ref):
     """||out - ref|| / ||ref|| in float64 (inf if out has a NaN or ref is 0 where out is not)."""
     out, ref = out.double().cpu(), ref.double().cpu()
