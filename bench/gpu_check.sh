@@ -1,63 +1,177 @@
 #!/usr/bin/env bash
-# The one script to run whenever a GPU is lent: builds the CUDA extension, runs the
-# test suite on the GPU (compiled Triton, CUDA C++, bf16, TF32), runs compute-sanitizer
-# over a short CUDA test, and benchmarks ops and models against eager PyTorch and
-# torch.compile. Everything lands in OUT_DIR (at most 8 files come back):
-#   check.log    environment, build, sanitizer, a line per step
-#   tests.log    pytest on the GPU
-#   ops.md/json  bf16 ops: triton, cuda, eager, torch.compile (batch 128)
-#   dtypes.md/json  fp16 / fp32 / tf32 ops (batch 128)
-#   models.md/json  ResNet-50 and GoogLeNet bf16, batch 128: images/s vs eager and compile,
-#                   CUDA graphs, a training step
-# Usage: bash bench/gpu_check.sh [OUT_DIR]   (default $OUT, else bench/results/latest)
-# The GPU machine has python3 with torch, triton, torchvision, pybind11, pytest, pytest-xdist
-# and matplotlib, and no registry.
-# Budget: 7.5 minutes in all; each step gets at most its cap and what is left of the budget.
+# The one script to run whenever a GPU is lent (bench/README.md says what each file holds).
+#   bash bench/gpu_check.sh [OUT_DIR]                 the check (default $OUT, else bench/results/latest)
+#   bash bench/gpu_check.sh --dry-run OUT_DIR         every step on a CPU-only machine (tests/test_gpu_check.py)
+#   bash bench/gpu_check.sh --steps "build quick" DIR only these steps (rerun what failed)
+# Steps, by value: env build quick sanitizer host ops models tune deep. Each writes its results
+# under OUT_DIR before the next starts, within its cap and what is left of the 7-minute budget
+# (the deep grid keeps a reserve and gets the rest). Everything lands in at most 8 files:
+#   check.log tests.log host.md ops.md ops.json models.md models.json extras.tar.gz
+# The GPU machine has python3 with torch, triton, torchvision, pybind11, pytest, pytest-xdist,
+# compute-sanitizer and no registry: nothing is installed but fastconv itself.
 set -u
+DRY=0
+STEPS="env build quick sanitizer host ops models tune deep"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1; shift ;;
+    --steps) STEPS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) break ;;
+  esac
+done
 OUT_DIR="${1:-${OUT:-bench/results/latest}}"
-mkdir -p "$OUT_DIR"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT" || exit 2
+mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+WORK="$(mktemp -d)"             # raw outputs; packed into extras.tar.gz after every step
+trap 'rm -rf "$WORK"' EXIT
 LOG="$OUT_DIR/check.log"
-BUDGET=450
-export PYTHONUNBUFFERED=1
-step() { echo "== $1 (at $SECONDS s)" | tee -a "$LOG"; }
-# left CAP: seconds for the next step, min(CAP, what is left of the budget), at least 1
-left() { local l=$((BUDGET - SECONDS)); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"; }
+TESTS="$OUT_DIR/tests.log"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+BUDGET=420                      # seconds for the whole check, build included
+DEEP_RESERVE=90                 # steps before the deep grid leave it at least this much
+if [ "$DRY" = 1 ]; then
+  # CPU only: tiny shapes, torch and interpreter backends, no nvidia-smi, no sanitizer, no build
+  export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1
+  # one process per pytest step (xdist under this plugin is tested in tests/test_outcomes.py)
+  PAR=""; DEEP_RESERVE=0
+  QUICK_SELECT=(-k "float32 and nhwc"); DEEP_SELECT=(tests/ops/test_pool_same.py -k "errors or defaults")
+else
+  PAR="-n 16"; QUICK_SELECT=(); DEEP_SELECT=(tests bench)
+fi
+python3_has_xdist() { "$PY" -c "import xdist" 2>/dev/null; }
+python3_has_xdist || PAR=""
 
-step "environment"
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
-  nvcc --version | tail -1
-  echo "commit $(git rev-parse HEAD 2>/dev/null), $(git status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files"
-} >> "$LOG" 2>&1
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+note() { echo "$*" | tee -a "$LOG"; }
+step() { note "== $1 (at ${SECONDS} s)"; STEP_T0=$SECONDS; }
+FAILED_STEPS=""
+done_step() {  # NAME EXIT [ERRFILE]: the step's line; the tail of its stderr if it failed; refresh extras
+  note "   $1: exit $2 after $((SECONDS - STEP_T0)) s"
+  if [ "$2" != 0 ] && [ "$2" != "0/0" ]; then
+    FAILED_STEPS="$FAILED_STEPS $1"
+    [ -n "${3:-}" ] && [ -s "$3" ] && tail -4 "$3" | sed 's/^/   | /' | tee -a "$LOG"
+  fi
+  pack
+}
+# cap SECONDS [RESERVE]: the next step's limit: SECONDS, no more than the budget left less RESERVE, at least 1
+cap() { local l=$((BUDGET - SECONDS - ${2:-$DEEP_RESERVE})); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"; }
+run() { local c=$1; shift; timeout -k 5 "$c" "$@"; }   # SIGTERM at the cap, SIGKILL 5 s later
+pack() { tar -czf "$OUT_DIR/extras.tar.gz.tmp" -C "$WORK" . 2>/dev/null && mv "$OUT_DIR/extras.tar.gz.tmp" "$OUT_DIR/extras.tar.gz"; }
+keep() { for f in "$@"; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT_DIR/"; done; }
+# tests NAME CAP ARGS...: pytest with each outcome streamed to tests.log, then its summary
+pytest_step() {
+  local name=$1 c=$2; shift 2
+  echo "# session start: gpu_check step '$name' (cap $c s): the lines below are pytest's" >> "$TESTS"
+  run "$c" "$PY" -m pytest "$@" $PAR -p no:cacheprovider -rfE --tb=short --durations=10 \
+    --outcomes-log "$TESTS" --outcomes-tb "$WORK/tracebacks-$name.txt" > "$WORK/pytest-$name.txt" 2>&1
+  local rc=$?
+  "$PY" -m tests.outcomes summarize "$TESTS" > "$WORK/summary.txt"
+  cat "$WORK/summary.txt" >> "$TESTS"
+  { sed 's/^/   /' "$WORK/summary.txt"
+    [ "$rc" -gt 1 ] && [ "$rc" != 124 ] && tail -5 "$WORK/pytest-$name.txt" | sed 's/^/   | /'; } | tee -a "$LOG"
+  done_step "pytest $name" "$rc" "$WORK/pytest-$name.txt"
+}
 
-step "build: pip install --no-build-isolation --no-deps -e ."
-timeout "$(left 180)" python3 -m pip install --no-build-isolation --no-deps -e . >> "$LOG" 2>&1 \
-  && python3 -c "import fastconv, fastconv._cuda as c; print('backends', fastconv.available_backends(), '| cuda:', c.unavailable_reason() or 'ok')" 2>&1 | tee -a "$LOG" \
-  || echo "BUILD FAILED" | tee -a "$LOG"
+: > "$LOG"; : > "$TESTS"
+note "fastconv GPU check$([ "$DRY" = 1 ] && echo ' (DRY RUN: CPU only)'), $(date -u +%FT%TZ), steps: $STEPS"
 
-step "tests on the GPU"
-par=""; python3 -c "import xdist" 2>/dev/null && par="-n 8"
-timeout "$(left 170)" python3 -m pytest tests -q -p no:cacheprovider $par --maxfail=50 --durations=15 \
-  > "$OUT_DIR/tests.log" 2>&1
-echo "pytest exit $?: $(tail -1 "$OUT_DIR/tests.log")" | tee -a "$LOG"
+if want env; then
+  step "environment"
+  { [ "$DRY" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+    [ "$DRY" = 1 ] || { nvcc --version | tail -1; compute-sanitizer --version | tail -1; }
+    echo "commit $(git rev-parse HEAD 2>/dev/null), $(git status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files"
+    nproc | sed 's/^/cores /'
+  } >> "$LOG" 2>&1
+  done_step environment 0
+fi
 
-step "compute-sanitizer memcheck over the CUDA backend"
-timeout "$(left 45)" compute-sanitizer --tool memcheck --error-exitcode 9 \
-  python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -k sanitizer >> "$LOG" 2>&1
-echo "sanitizer exit $?" | tee -a "$LOG"
+if want build; then
+  step "build: pip install --no-build-isolation --no-deps -e ."
+  rc=0
+  if [ "$DRY" = 1 ]; then
+    note "   dry run: no build; fastconv from the checkout"
+  else
+    run "$(cap 120)" "$PY" -m pip install --no-build-isolation --no-deps -e . > "$WORK/build.log" 2>&1 || {
+      note "   pip failed (tail of extras build.log below); trying setup.py build_ext --inplace"
+      tail -5 "$WORK/build.log" | sed 's/^/   | /' | tee -a "$LOG"
+      run "$(cap 90)" "$PY" setup.py build_ext --inplace >> "$WORK/build.log" 2>&1; }
+    rc=$?
+  fi
+  "$PY" -c "import fastconv, fastconv._cuda as c; print('   backends', fastconv.available_backends(), '| cuda C++:', c.unavailable_reason() or 'ok')" 2>&1 | tee -a "$LOG"
+  done_step build "$rc" "$WORK/build.log"
+fi
 
-step "ops, bf16: triton, cuda, eager, torch.compile (batch 128)"
-timeout "$(left 100)" python3 -m fastconv.bench ops --dtype bf16 --batch 128 \
-  --provider eager triton cuda compile --out "$OUT_DIR" --name ops > /dev/null 2>> "$LOG"
-echo "exit $?" | tee -a "$LOG"
+# 1. The quick tier: every kernel x dtype x memory format x backend once (<= 90 s, cold cache).
+want quick && { step "quick tier: pytest -m quick"; pytest_step quick "$(cap 100)" tests/test_quick_tier.py -m quick "${QUICK_SELECT[@]}"; }
 
-step "models, bf16: ResNet-50 and GoogLeNet, batch 128, against eager and torch.compile"
-timeout "$(left 150)" python3 -m fastconv.bench models --model resnet50 googlenet --dtype bf16 --batch 128 \
-  --provider eager triton cuda compile --out "$OUT_DIR" --name models > /dev/null 2>> "$LOG"
-echo "exit $?" | tee -a "$LOG"
+# 2. compute-sanitizer over every CUDA C++ kernel: memcheck all, racecheck the shared-memory ones.
+if want sanitizer; then
+  step "compute-sanitizer: memcheck (every CUDA kernel), racecheck (the conv GEMMs: shared memory)"
+  if [ "$DRY" = 1 ]; then
+    run "$(cap 30)" "$PY" bench/sanitize_cuda.py --dtype fp32 > "$WORK/sanitizer-memcheck.txt" 2>&1
+    rc=$?
+  else
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1  # each tensor its own allocation: memcheck sees overruns
+    run "$(cap 50)" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+      "$PY" bench/sanitize_cuda.py > "$WORK/sanitizer-memcheck.txt" 2>&1
+    rc=$?
+    run "$(cap 40)" compute-sanitizer --tool racecheck --error-exitcode 9 \
+      --print-limit 20 --kernel-name kns=fastconv \
+      "$PY" bench/sanitize_cuda.py --op conv1x1_relu --dtype fp16 bf16 tf32 fp32 > "$WORK/sanitizer-racecheck.txt" 2>&1
+    rc="$rc/$?"
+    unset PYTORCH_NO_CUDA_MEMORY_CACHING
+  fi
+  for f in "$WORK"/sanitizer-*.txt; do
+    [ -f "$f" ] || continue
+    note "   $(basename "$f" .txt): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|out of tolerance|conv kernels covered' "$f" | tr '\n' ' ')"
+    grep -E '^BAD|^=+ (Invalid|Race|Error|Program hit)' "$f" | head -10 | sed 's/^/   | /' | tee -a "$LOG"
+  done
+  done_step sanitizer "$rc"
+fi
 
-step "ops, fp16 / fp32 / tf32 (batch 128)"
-timeout "$(left 60)" python3 -m fastconv.bench ops --dtype fp16 fp32 tf32 --batch 128 \
-  --provider eager triton cuda --out "$OUT_DIR" --name dtypes > /dev/null 2>> "$LOG"
-echo "exit $?" | tee -a "$LOG"
-step "done"
+# 3. Host cost: host issue vs GPU time per forward, and a cProfile of fastconv's own Python.
+if want host; then
+  step "host cost: ResNet-50 and GoogLeNet, host issue vs GPU time per forward, cProfile"
+  if [ "$DRY" = 1 ]; then args=(--model resnet18 --size 32 --forwards 1); else args=(); fi
+  run "$(cap 45)" "$PY" -m fastconv.bench.host "${args[@]}" --out "$WORK/host.md" 2>> "$WORK/host.err"
+  rc=$?; keep host.md; done_step host "$rc" "$WORK/host.err"
+fi
+
+# 4. Ops, bf16 (eager is the ratio's base; torch.compile of eager ops is in the first run's results).
+if want ops; then
+  step "ops, bf16, batch 128: eager, triton, cuda"
+  if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager triton cuda); fi
+  run "$(cap 60)" "$PY" -m fastconv.bench ops "${args[@]}" --out "$WORK" --name ops > /dev/null 2>> "$WORK/ops.err"
+  rc=$?; keep ops.md ops.json; done_step ops "$rc" "$WORK/ops.err"
+fi
+
+# 5. Models, bf16: images/s against eager and torch.compile; errors against eager and the fp32 model.
+if want models; then
+  step "models, bf16: ResNet-50 and GoogLeNet, batch 128"
+  if [ "$DRY" = 1 ]; then args=(--quick --model resnet18 --batch 1 --size 32); else args=(--model resnet50 googlenet --dtype bf16 --batch 128); fi
+  run "$(cap 80)" "$PY" -m fastconv.bench models "${args[@]}" --out "$WORK" --name models > /dev/null 2>> "$WORK/models.err"
+  rc=$?; keep models.md models.json; done_step models "$rc" "$WORK/models.err"
+fi
+
+# 6. The tuner's quick mode, once fastconv/tune.py exists: its table goes into extras.
+if want tune; then
+  step "tuner: python -m fastconv.tune $([ "$DRY" = 1 ] && echo --dry-run || echo --quick)"
+  if [ -f fastconv/tune.py ]; then
+    run "$(cap 45)" "$PY" -m fastconv.tune "$([ "$DRY" = 1 ] && echo --dry-run || echo --quick)" \
+      --out "$WORK/tune.json" > "$WORK/tune.txt" 2>&1
+    rc=$?
+  else
+    note "   fastconv/tune.py is not there yet: skipped"; rc=0
+  fi
+  done_step tune "$rc" "$WORK/tune.txt"
+fi
+
+# 7. The deep grid (everything not quick), with the rest of the budget.
+want deep && { step "deep grid: pytest -m deep"; pytest_step deep "$(cap 600 0)" "${DEEP_SELECT[@]}" -m deep; }
+
+note "== done (at ${SECONDS} s): $(ls "$OUT_DIR" | wc -l) files in $OUT_DIR; steps that failed:${FAILED_STEPS:- none}"
+[ -z "$FAILED_STEPS" ]

@@ -21,6 +21,7 @@ def main(argv=None):
                    help="ops: a few key shapes, or every distinct call of ResNet-50 and GoogLeNet")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--batch", nargs="+", type=int, default=None)
+    p.add_argument("--size", type=int, default=224, help="models: image height and width")
     p.add_argument("--op", nargs="+", default=None, help="e.g. conv1x1_relu residual_add")
     p.add_argument("--provider", nargs="+", default=None)
     p.add_argument("--out", default=None, help="folder for NAME.md and NAME.json")
@@ -51,7 +52,7 @@ def main(argv=None):
     if args.level in ("models", "all"):
         names = args.model or (["resnet50"] if args.quick or not on_gpu else list(MODEL_TWINS))
         batch = (args.batch or [128 if on_gpu else 2])[0]
-        rows = run_models(names, batch, dtypes[0], args.provider, train_step=not args.quick)
+        rows = run_models(names, batch, dtypes[0], args.provider, train_step=not args.quick, size=args.size)
         result["model_rows"] = rows
         md += (f"\n# Models ({env['device']}, {dtypes[0]}, channels_last, batch {batch})\n\n"
                + models_markdown(rows))

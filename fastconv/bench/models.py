@@ -9,7 +9,8 @@ from fastconv.bench.cases import DTYPES
 from fastconv.bench.timing import cuda_graphed, on_backend, time_ms
 
 MODEL_TWINS = {  # fastconv builder name -> torchvision builder name
-    "resnet50": "resnet50", "googlenet": "googlenet", "vgg16": "vgg16", "alexnet": "alexnet"}
+    "resnet50": "resnet50", "googlenet": "googlenet", "vgg16": "vgg16", "alexnet": "alexnet",
+    "resnet18": "resnet18"}  # BasicBlocks: residual_add; the cheapest to build (the check's dry run)
 
 
 @contextlib.contextmanager
@@ -47,7 +48,7 @@ def model_pair(name, device, dtype, batch, size=224):
     return eager, ours, x.to(dtype), ref
 
 
-def run_models(names, batch, dtype_name, provider_filter, train_step=True):
+def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=224):
     """Whole-network inference (and one training step) in images/s: fastconv's backends
     against the torchvision model in eager mode and under torch.compile, channels_last;
     relative errors against eager and against the float32 model."""
@@ -55,7 +56,7 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True):
     device, dtype = ("cuda" if on_gpu else "cpu"), DTYPES[dtype_name]
     rows = []
     for name in names:
-        eager, ours, x, ref32 = model_pair(name, device, dtype, batch)
+        eager, ours, x, ref32 = model_pair(name, device, dtype, batch, size)
         with torch.no_grad():
             ref = eager(x)
             calls = {"eager": lambda: eager(x)}
