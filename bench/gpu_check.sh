@@ -137,7 +137,7 @@ fi
 if want host; then
   step "host cost: ResNet-50 and GoogLeNet, host issue vs GPU time per forward, cProfile"
   if [ "$DRY" = 1 ]; then args=(--model resnet18 --size 32 --forwards 1); else args=(); fi
-  run "$(cap 45)" "$PY" -m fastconv.bench.host "${args[@]}" --out "$WORK/host.md" 2>> "$WORK/host.err"
+  run "$(cap 60)" "$PY" -m fastconv.bench.host "${args[@]}" --out "$WORK/host.md" 2>> "$WORK/host.err"
   rc=$?; keep host.md; done_step host "$rc" "$WORK/host.err"
 fi
 
@@ -145,7 +145,7 @@ fi
 if want ops; then
   step "ops, bf16, batch 128: eager, triton, cuda"
   if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager triton cuda); fi
-  run "$(cap 60)" "$PY" -m fastconv.bench ops "${args[@]}" --out "$WORK" --name ops > /dev/null 2>> "$WORK/ops.err"
+  run "$(cap 75)" "$PY" -m fastconv.bench ops "${args[@]}" --out "$WORK" --name ops > /dev/null 2>> "$WORK/ops.err"
   rc=$?; keep ops.md ops.json; done_step ops "$rc" "$WORK/ops.err"
 fi
 

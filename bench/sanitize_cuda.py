@@ -82,9 +82,10 @@ def run_case(op, args, tf32):
     if ON_GPU:
         torch.cuda.synchronize()  # a kernel fault surfaces here, inside this case
     torch.backends.cudnn.allow_tf32 = False
-    leaves64 = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    # the reference on the CPU: no GPU kernel of torch's to sanitize
+    leaves64 = [a.detach().cpu().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
     expected = getattr(reference, op)(*leaves64)
-    expected.backward(grad.double())
+    expected.backward(grad.cpu().double())
     pairs = [(out, expected)] + [(a.grad, e.grad) for a, e in zip(leaves, leaves64) if isinstance(a, torch.Tensor)]
     return max(reference.rel_error(got, want) for got, want in pairs)
 

@@ -6,11 +6,16 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
+
+from tests.conftest import HAS_CUDA
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = {"check.log", "tests.log", "host.md", "ops.md", "ops.json", "models.md", "models.json", "extras.tar.gz"}
 STEPS = ["environment", "build", "pytest quick", "sanitizer", "host", "ops", "models", "tune", "pytest deep"]
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="the dry run is the CPU machines' check of the script; a GPU runs the check itself")
 def test_dry_run_runs_every_step(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not an xdist worker's
     env["PYTHON"] = sys.executable

@@ -3,7 +3,7 @@ forward and backward, at one tiny odd shape each, against the float64 references
 
 It is what the GPU check runs first (bench/gpu_check.sh): on a 16-core GPU machine with a
 cold Triton cache it must finish in 90 s, so it compiles few Triton specializations
-(about 76; the count is in bench/README.md) and leaves sizes, strides, geometries,
+(about 70; the count is in bench/README.md) and leaves sizes, strides, geometries,
 opcheck and gradcheck to the deep grid (`-m deep`, the rest of tests/).
 """
 import pytest

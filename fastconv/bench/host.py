@@ -82,8 +82,9 @@ def profile_text(call, forwards, title):
     return "\n".join(text)
 
 
-def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None):
-    """Rows of host/GPU/wall ms per model and provider, and the cProfile sections."""
+def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None, progress=None):
+    """Rows of host/GPU/wall ms per model and provider, and the cProfile sections;
+    progress(rows, profiles) after each provider (the check writes its file each time)."""
     on_gpu = torch.cuda.is_available()
     device, dtype = ("cuda" if on_gpu else "cpu"), DTYPES[dtype_name]
     backends = [b for b in ("triton", "cuda") if b in fastconv.available_backends()] if on_gpu else ["torch"]
@@ -100,6 +101,8 @@ def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None):
                 rows.append({"model": name, "provider": prov, "host_ms": host, "gpu_ms": gpu, "wall_ms": wall})
                 if prov != "eager":
                     profiles.append(profile_text(call, forwards, f"{name} on {prov}"))
+                if progress:
+                    progress(rows, profiles)
         del eager, ours
     return rows, profiles
 
@@ -126,14 +129,16 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="write the markdown here (else print it)")
     args = p.parse_args(argv)
     device = torch.cuda.get_device_name() if on_gpu else "CPU"
-    rows, profiles = run_host(args.model, args.batch, args.dtype, args.forwards, args.size, args.provider)
-    md = markdown(rows, profiles, f"Host cost per forward ({device}, {args.dtype}, channels_last, "
-                                  f"batch {args.batch}, {args.size}x{args.size}, median of {args.forwards})")
-    if args.out:
+    title = (f"Host cost per forward ({device}, {args.dtype}, channels_last, batch {args.batch}, "
+             f"{args.size}x{args.size}, median of {args.forwards})")
+
+    def write(rows, profiles):  # after every provider: a run killed at its time cap keeps the rows so far
         with open(args.out, "w") as f:
-            f.write(md)
-    else:
-        print(md)
+            f.write(markdown(rows, profiles, title))
+    rows, profiles = run_host(args.model, args.batch, args.dtype, args.forwards, args.size, args.provider,
+                              progress=write if args.out else None)
+    if not args.out:
+        print(markdown(rows, profiles, title))
     return rows
 
 
