@@ -131,7 +131,7 @@ def summarize(lines):
     if any(ln.startswith("# SIGTERM") for ln in session):
         how = "KILLED by SIGTERM (a timeout): the tests not named here did not run"
     elif not ended:
-        how = "KILLED before the end (no session end in the log): the tests not named here did not run"
+        how = "no session end in the log: pytest was killed (or did not start); the tests not named here did not run"
     else:
         how = ended[-1].split(": ", 1)[-1]
     return [f"== summary: {tally}; {how}"] + problems

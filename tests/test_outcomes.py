@@ -52,6 +52,7 @@ def test_killed_xdist_run_names_every_outcome(tmp_path):
 def test_summary_of_a_finished_and_of_a_vanished_session():
     lines = ["# session start 10:00:00: pytest", "PASSED  a::x  0.10s", "# session end 10:00:01: exit status 0",
              "# session start 10:00:02: pytest", "FAILED  a::y  0.20s  ValueError: bad  input"]
-    assert summarize(lines) == ["== summary: 1 failed; KILLED before the end (no session end in the log): "
-                                "the tests not named here did not run", "FAILED a::y - ValueError: bad  input"]
+    assert summarize(lines) == ["== summary: 1 failed; no session end in the log: pytest was killed (or did "
+                                "not start); the tests not named here did not run",
+                                "FAILED a::y - ValueError: bad  input"]
     assert summarize(lines[:3]) == ["== summary: 1 passed; exit status 0"]
