@@ -34,6 +34,7 @@ DTYPES = {"fp16": (torch.float16, False, 5e-3), "bf16": (torch.bfloat16, False, 
           "fp32": (torch.float32, False, 1e-5), "tf32": (torch.float32, True, 5e-3),
           "fp64": (torch.float64, False, 1e-12)}
 LAYOUTS = ("nchw", "nhwc", "strided")
+CONV = "conv1x1_relu"
 
 
 def tensor(shape, dtype, layout):
@@ -52,9 +53,9 @@ def cases():
             x, x17 = tensor((2, 40, 9, 11), dtype, layout), tensor((2, 17, 9, 11), dtype, layout)
             b = torch.randn(72, device=DEVICE).to(dtype)
             r = tensor((2, 72, 9, 11), dtype, layout)
-            yield f"conv1x1_relu 40->72 bias+residual {dn} {layout}", "conv1x1_relu", (x, weight(72, 40, dtype), b, 1, True, r)
-            yield f"conv1x1_relu 40->24 bias {dn} {layout}", "conv1x1_relu", (x, weight(24, 40, dtype), b[:24], 1, True)
-            yield f"conv1x1 17->24 stride 2 {dn} {layout}", "conv1x1_relu", (x17, weight(24, 17, dtype), None, 2, False)
+            yield f"conv1x1_relu 40->72 bias+residual {dn} {layout}", CONV, (x, weight(72, 40, dtype), b, 1, True, r)
+            yield f"conv1x1_relu 40->24 bias {dn} {layout}", CONV, (x, weight(24, 40, dtype), b[:24], 1, True)
+            yield f"conv1x1 17->24 stride 2 {dn} {layout}", CONV, (x17, weight(24, 17, dtype), None, 2, False)
             if tf32:
                 continue  # TF32 changes only the conv
             a, c = tensor((2, 17, 9, 11), dtype, layout), tensor((2, 17, 9, 11), dtype, "nhwc")
@@ -64,7 +65,7 @@ def cases():
             yield f"avg_pool2d_same (3,2)/(2,1) {dn} {layout}", "avg_pool2d_same", (x17, (3, 2), (2, 1))
         if dn in ("fp16", "tf32"):  # a grid large enough for the tensor-core GEMM's largest tile
             x = tensor((4, 64, 33, 33), dtype, "nhwc")
-            yield f"conv1x1_relu 64->2048 large grid {dn} nhwc", "conv1x1_relu", (x, weight(2048, 64, dtype), None, 1, True)
+            yield f"conv1x1_relu 64->2048 large grid {dn} nhwc", CONV, (x, weight(2048, 64, dtype), None, 1, True)
 
 
 def weight(cout, cin, dtype):
@@ -119,7 +120,7 @@ def main(argv=None):
         dn = name.split()[-2]
         if (args.op and op not in args.op) or (args.dtype and dn not in args.dtype):
             continue
-        kernel = conv_kernel_name(op_args, DTYPES[dn][1]) if op == "conv1x1_relu" else None
+        kernel = conv_kernel_name(op_args, DTYPES[dn][1]) if op == CONV else None
         print(f"... {name}{f' [{kernel}]' if kernel else ''}", flush=True)  # a fault names its case
         err = run_case(op, op_args, DTYPES[dn][1])
         ok = err <= DTYPES[dn][2]

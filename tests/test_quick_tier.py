@@ -54,8 +54,9 @@ def check_forward_backward(op, dtype, layout, backend, tol=None):
     assert out.dtype == dtype and out.shape == expected.shape
     tol = tol or TOL[dtype]
     tensors64 = [a for a in args64 if isinstance(a, torch.Tensor)]
-    for what, got, want in [("output", out, expected)] + [
-            (f"gradient of tensor argument {i}", t.grad, t64.grad) for i, (t, t64) in enumerate(zip(tensors, tensors64))]:
+    grads = [(f"gradient of tensor argument {i}", t.grad, t64.grad)
+             for i, (t, t64) in enumerate(zip(tensors, tensors64))]
+    for what, got, want in [("output", out, expected)] + grads:
         err = reference.rel_error(got, want)
         assert err <= tol, f"{op} {backend} {dtype} {layout}: {what}: relative error {err:.3g} > {tol:.0e}"
     assert all(unchanged(b, t.detach()) for b, t in zip(before, tensors)), "an input was modified"
