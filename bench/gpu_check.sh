@@ -25,7 +25,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT" || exit 2
 mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 WORK="$(mktemp -d)"             # raw outputs; packed into extras.tar.gz after every step
-trap 'rm -rf "$WORK"' EXIT
+PACKED="$(mktemp)"              # the archive is built here, so OUT_DIR never holds a 9th file
+trap 'rm -rf "$WORK" "$PACKED"' EXIT
 LOG="$OUT_DIR/check.log"
 TESTS="$OUT_DIR/tests.log"
 PY="${PYTHON:-python3}"
@@ -59,9 +60,9 @@ done_step() {  # NAME EXIT [ERRFILE]: the step's line; the tail of its stderr if
 # cap SECONDS [RESERVE]: the next step's limit: SECONDS, no more than the budget left less RESERVE, at least 1
 cap() { local l=$((BUDGET - SECONDS - ${2:-$DEEP_RESERVE})); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"; }
 run() { local c=$1; shift; timeout -k 5 "$c" "$@"; }   # SIGTERM at the cap, SIGKILL 5 s later
-pack() { tar -czf "$OUT_DIR/extras.tar.gz.tmp" -C "$WORK" . 2>/dev/null && mv "$OUT_DIR/extras.tar.gz.tmp" "$OUT_DIR/extras.tar.gz"; }
+pack() { tar -czf "$PACKED" -C "$WORK" . 2>/dev/null && cp "$PACKED" "$OUT_DIR/extras.tar.gz"; }
 keep() { for f in "$@"; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT_DIR/"; done; }
-# tests NAME CAP ARGS...: pytest with each outcome streamed to tests.log, then its summary
+# pytest_step NAME CAP ARGS...: pytest with each outcome streamed to tests.log, then its summary
 pytest_step() {
   local name=$1 c=$2; shift 2
   echo "# session start: gpu_check step '$name' (cap $c s): the lines below are pytest's" >> "$TESTS"
