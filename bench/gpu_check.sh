@@ -128,8 +128,10 @@ if want sanitizer; then
   fi
   for f in "$WORK"/sanitizer-*.txt; do
     [ -f "$f" ] || continue
-    note "   $(basename "$f" .txt): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|out of tolerance|conv kernels covered' "$f" | tr '\n' ' ')"
-    grep -E '^BAD|^=+ (Invalid|Race|Error|Program hit)' "$f" | head -10 | sed 's/^/   | /' | tee -a "$LOG"
+    summary="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|out of tolerance|conv kernels covered' "$f" | tr '\n' ' ')"
+    note "   $(basename "$f" .txt): ${summary:-no summary; its last lines:}"
+    { grep -E '^BAD|^=+ (Invalid|Race|Error|Program hit)' "$f" | head -10
+      [ -z "$summary" ] && tail -3 "$f"; } | sed 's/^/   | /' | tee -a "$LOG"
   done
   done_step sanitizer "$rc"
 fi
@@ -162,7 +164,7 @@ fi
 if want tune; then
   step "tuner: python -m fastconv.tune $([ "$DRY" = 1 ] && echo --dry-run || echo --quick)"
   if [ -f fastconv/tune.py ]; then
-    run "$(cap 45)" "$PY" -m fastconv.tune "$([ "$DRY" = 1 ] && echo --dry-run || echo --quick)" \
+    run "$(cap 60)" "$PY" -m fastconv.tune "$([ "$DRY" = 1 ] && echo --dry-run || echo --quick)" \
       --out "$WORK/tune.json" > "$WORK/tune.txt" 2>&1
     rc=$?
   else

@@ -40,3 +40,5 @@ def test_dry_run_runs_every_step(tmp_path):
     with tarfile.open(tmp_path / "extras.tar.gz") as tar:
         names = {os.path.basename(n) for n in tar.getnames()}
     assert {"pytest-quick.txt", "pytest-deep.txt", "sanitizer-memcheck.txt"} <= names
+    if os.path.exists(os.path.join(ROOT, "fastconv", "tune.py")):  # the tuner's dry run, once it exists
+        assert "tune.json" in names
