@@ -164,7 +164,9 @@ fi
 if want tune; then
   step "tuner: python -m fastconv.tune $([ "$DRY" = 1 ] && echo --dry-run || echo --quick)"
   if [ -f fastconv/tune.py ]; then
-    run "$(cap 60)" "$PY" -m fastconv.tune "$([ "$DRY" = 1 ] && echo --dry-run || echo --quick)" \
+    c=$(cap 60); args=()  # where the tuner takes a time budget, one that ends before the cap
+    [ "$DRY" = 0 ] && grep -q -- "--budget-s" fastconv/tune.py && args=(--budget-s $((c > 25 ? c - 15 : 10)))
+    run "$c" "$PY" -m fastconv.tune "$([ "$DRY" = 1 ] && echo --dry-run || echo --quick)" "${args[@]}" \
       --out "$WORK/tune.json" > "$WORK/tune.txt" 2>&1
     rc=$?
   else
