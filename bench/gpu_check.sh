@@ -146,8 +146,8 @@ fi
 
 # 4. Ops, bf16 (eager is the ratio's base; torch.compile of eager ops is in the first run's results).
 if want ops; then
-  step "ops, bf16, batch 128: eager, triton, cuda"
-  if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager triton cuda); fi
+  step "ops, bf16, batch 128: eager, auto, triton, cuda"
+  if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager auto triton cuda); fi
   run "$(cap 75)" "$PY" -m fastconv.bench ops "${args[@]}" --out "$WORK" --name ops > /dev/null 2>> "$WORK/ops.err"
   rc=$?; keep ops.md ops.json; done_step ops "$rc" "$WORK/ops.err"
 fi
