@@ -3,7 +3,7 @@
 #   bash bench/gpu_check.sh [OUT_DIR]                 the check (default $OUT, else bench/results/latest)
 #   bash bench/gpu_check.sh --dry-run OUT_DIR         every step on a CPU-only machine (tests/test_gpu_check.py)
 #   bash bench/gpu_check.sh --steps "build quick" DIR only these steps (rerun what failed)
-# Steps, by value: env build quick sanitizer host ops models tune deep. Each writes its results
+# Steps, by value: env build quick sanitizer tune host ops models deep. Each writes its results
 # under OUT_DIR before the next starts, within its cap and what is left of the 7-minute budget
 # (the deep grid keeps a reserve and gets the rest). Everything lands in at most 8 files:
 #   check.log tests.log host.md ops.md ops.json models.md models.json extras.tar.gz
@@ -11,7 +11,7 @@
 # compute-sanitizer and no registry: nothing is installed but fastconv itself.
 set -u
 DRY=0
-STEPS="env build quick sanitizer host ops models tune deep"
+STEPS="env build quick sanitizer tune host ops models deep"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;
@@ -32,7 +32,7 @@ TESTS="$OUT_DIR/tests.log"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 BUDGET=420                      # seconds for the whole check, build included
-DEEP_RESERVE=90                 # steps before the deep grid leave it at least this much
+DEEP_RESERVE=75                 # steps before the deep grid leave it at least this much
 if [ "$DRY" = 1 ]; then
   # CPU only: tiny shapes, torch and interpreter backends, no nvidia-smi, no sanitizer, no build
   export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1
@@ -66,7 +66,7 @@ keep() { for f in "$@"; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT_DIR/"; done;
 pytest_step() {
   local name=$1 c=$2; shift 2
   echo "# session start: gpu_check step '$name' (cap $c s): the lines below are pytest's" >> "$TESTS"
-  run "$c" "$PY" -m pytest "$@" $PAR -p no:cacheprovider -rfE --tb=short --durations=10 \
+  run "$c" env -u FASTCONV_TUNING_TABLE "$PY" -m pytest "$@" $PAR -p no:cacheprovider -rfE --tb=short --durations=10 \
     --outcomes-log "$TESTS" --outcomes-tb "$WORK/tracebacks-$name.txt" > "$WORK/pytest-$name.txt" 2>&1
   local rc=$?
   "$PY" -m tests.outcomes summarize "$TESTS" > "$WORK/summary.txt"
@@ -136,7 +136,24 @@ if want sanitizer; then
   done_step sanitizer "$rc"
 fi
 
-# 3. Host cost: host issue vs GPU time per forward, and a cProfile of fastconv's own Python.
+# 3. The tuner's quick mode (once fastconv/tune.py exists), before the benchmarks: they then run
+#    on its table (FASTCONV_TUNING_TABLE), as "auto" will once the table is committed.
+if want tune; then
+  step "tuner: python -m fastconv.tune $([ "$DRY" = 1 ] && echo --dry-run || echo --quick)"
+  if [ -f fastconv/tune.py ]; then
+    c=$(cap 45); args=()  # where the tuner takes a time budget, one that ends well before the cap
+    [ "$DRY" = 0 ] && grep -q -- "--budget-s" fastconv/tune.py && args=(--budget-s $((c > 25 ? c - 15 : 10)))
+    run "$c" "$PY" -m fastconv.tune "$([ "$DRY" = 1 ] && echo --dry-run || echo --quick)" "${args[@]}" \
+      --out "$WORK/tune.json" > "$WORK/tune.txt" 2>&1
+    rc=$?
+    [ -s "$WORK/tune.json" ] && export FASTCONV_TUNING_TABLE="$WORK/tune.json"
+  else
+    note "   fastconv/tune.py is not there yet: skipped"; rc=0
+  fi
+  done_step tune "$rc" "$WORK/tune.txt"
+fi
+
+# 4. Host cost: host issue vs GPU time per forward, and a cProfile of fastconv's own Python.
 if want host; then
   step "host cost: ResNet-50 and GoogLeNet, host issue vs GPU time per forward, cProfile"
   if [ "$DRY" = 1 ]; then args=(--model resnet18 --size 32 --forwards 1); else args=(); fi
@@ -144,7 +161,7 @@ if want host; then
   rc=$?; keep host.md; done_step host "$rc" "$WORK/host.err"
 fi
 
-# 4. Ops, bf16 (eager is the ratio's base; torch.compile of eager ops is in the first run's results).
+# 5. Ops, bf16 (eager is the ratio's base; torch.compile of eager ops is in the first run's results).
 if want ops; then
   step "ops, bf16, batch 128: eager, auto, triton, cuda"
   if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager auto triton cuda); fi
@@ -152,27 +169,12 @@ if want ops; then
   rc=$?; keep ops.md ops.json; done_step ops "$rc" "$WORK/ops.err"
 fi
 
-# 5. Models, bf16: images/s against eager and torch.compile; errors against eager and the fp32 model.
+# 6. Models, bf16: images/s against eager and torch.compile; errors against eager and the fp32 model.
 if want models; then
   step "models, bf16: ResNet-50 and GoogLeNet, batch 128"
   if [ "$DRY" = 1 ]; then args=(--quick --model resnet18 --batch 1 --size 32); else args=(--model resnet50 googlenet --dtype bf16 --batch 128); fi
   run "$(cap 80)" "$PY" -m fastconv.bench models "${args[@]}" --out "$WORK" --name models > /dev/null 2>> "$WORK/models.err"
   rc=$?; keep models.md models.json; done_step models "$rc" "$WORK/models.err"
-fi
-
-# 6. The tuner's quick mode, once fastconv/tune.py exists: its table goes into extras.
-if want tune; then
-  step "tuner: python -m fastconv.tune $([ "$DRY" = 1 ] && echo --dry-run || echo --quick)"
-  if [ -f fastconv/tune.py ]; then
-    c=$(cap 60); args=()  # where the tuner takes a time budget, one that ends before the cap
-    [ "$DRY" = 0 ] && grep -q -- "--budget-s" fastconv/tune.py && args=(--budget-s $((c > 25 ? c - 15 : 10)))
-    run "$c" "$PY" -m fastconv.tune "$([ "$DRY" = 1 ] && echo --dry-run || echo --quick)" "${args[@]}" \
-      --out "$WORK/tune.json" > "$WORK/tune.txt" 2>&1
-    rc=$?
-  else
-    note "   fastconv/tune.py is not there yet: skipped"; rc=0
-  fi
-  done_step tune "$rc" "$WORK/tune.txt"
 fi
 
 # 7. The deep grid (everything not quick), with the rest of the budget.
