@@ -5,7 +5,7 @@
     FAILED  tests/ops/test_conv1x1.py::test_y[...]  0.40s  AssertionError: output: relative error 0.5 > 1e-02
 so a run killed at any point still names every failure so far, with its first error line.
 `pytest -q` under pytest-xdist names failures only in its final summary, which a killed
-run never prints (bench/results: the first GPU run). Under xdist only the controller
+run never prints (the first GPU run, 2026-11-27). Under xdist only the controller
 writes: the workers' reports reach it as they happen. On SIGTERM (what `timeout` sends)
 the tests still running are written as UNFINISHED before pytest stops.
 `--outcomes-tb PATH` also appends each failure's full traceback to PATH.
