@@ -1,0 +1,88 @@
+// The tensor-core 1x1 conv kernel: scheduler + mainloop + epilogue (see gemm_*.cuh), one
+// CUDA block per output tile, and its host-side launch.
+// Napkin math (bf16, batch 128, per output pixel): 2*Cin bytes of x read + 2*Cout written
+// (+ 2*Cout residual read), 2*Cin*Cout FLOPs. 256x56x56 -> 64: 640 B, 32 KFLOP = 51 FLOP/B,
+// memory-bound (H100 ridge ~266): the target is DRAM speed, which the grouped tile order
+// (A read once) and the fused epilogue (no second pass) give. 2048x7x7 -> 512: 5 KB,
+// 2 MFLOP = 400 FLOP/B, compute-bound: the target is mma throughput.
+#include "conv1x1_gemm.h"
+#include "gemm_epilogue.cuh"
+#include "gemm_mainloop.cuh"
+#include "gemm_scheduler.cuh"
+
+namespace fastconv {
+namespace {
+
+template <class Cfg>
+union KernelStorage {  // the epilogue's C tile reuses the mainloop's pipeline stages
+  typename Mainloop<Cfg>::SharedStorage mainloop;
+  typename Epilogue<Cfg>::SharedStorage epilogue;
+};
+
+template <class Cfg>
+using Scheduler = GroupedTileScheduler<Cfg::BM, Cfg::BN>;
+
+// Two blocks per SM: 96 KB of shared memory each (tile_size.h), registers capped to fit.
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, 2)
+    conv1x1_mma(const ConvGemmParams p, const typename Scheduler<Cfg>::Params sched) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  KernelStorage<Cfg>& storage = *reinterpret_cast<KernelStorage<Cfg>*>(smem);
+  const auto work = Scheduler<Cfg>::get_work(sched, blockIdx.x);
+  const int64_t m0 = int64_t(work.m_block) * Cfg::BM, n0 = int64_t(work.n_block) * Cfg::BN;
+
+  typename Mainloop<Cfg>::Accum acc = {};
+  const Mainloop<Cfg> mainloop(p, m0, n0);
+  mainloop.run(storage.mainloop, acc);
+  __syncthreads();  // every warp has read its last stage: the stages become the C tile
+  Epilogue<Cfg>::run(p, storage.epilogue, acc, m0, n0);
+}
+
+template <typename T, const TileShape& S>
+using ConfigOf = GemmConfig<T, S.bm, S.bn, S.warps_m, S.warps_n, S.stages>;
+
+template <class Cfg>
+cudaError_t launch(const ConvGemmParams& p, cudaStream_t stream) {
+  const auto sched = Scheduler<Cfg>::to_params(p.M, p.cout);
+  constexpr int smem = sizeof(KernelStorage<Cfg>);
+  // Above 48 KB of dynamic shared memory needs an opt-in; set on every launch (a cheap
+  // attribute write) rather than cached, so it holds on whichever device is current.
+  cudaError_t err = cudaFuncSetAttribute(conv1x1_mma<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  conv1x1_mma<Cfg><<<Scheduler<Cfg>::get_grid_shape(sched), Cfg::THREADS, smem, stream>>>(p, sched);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_tile(const ConvGemmParams& p, TileKind tile, cudaStream_t stream) {
+  switch (tile) {
+    case TileKind::large: return launch<ConfigOf<T, kTileLarge>>(p, stream);
+    case TileKind::narrow: return launch<ConfigOf<T, kTileNarrow>>(p, stream);
+    case TileKind::small_m: return launch<ConfigOf<T, kTileSmallM>>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+bool conv1x1_gemm_supported(const ConvGemmParams& p, DType dtype, bool tf32) {
+  if (!(dtype == DType::f16 || dtype == DType::bf16 || (dtype == DType::f32 && tf32))) return false;
+  const int64_t vec = 16 / dtype_size(dtype);
+  const int64_t N = p.M / (p.OH * p.OW);
+  const bool x_rows = (p.xs_c == 1 || p.cin == 1) && aligned16(p.x) && multiple_of(p.xs_n, N, vec) &&
+                      multiple_of(p.xs_h * p.stride, p.OH, vec) && multiple_of(p.xs_w * p.stride, p.OW, vec);
+  const bool w_rows = (p.w_i == 1 || p.cin == 1) && aligned16(p.w) && multiple_of(p.w_o, p.cout, vec);
+  const int64_t tiles = ((p.M + 63) / 64) * ((p.cout + 63) / 64);  // the most any tile shape launches
+  return x_rows && w_rows && tiles < (int64_t(1) << 31);
+}
+
+cudaError_t conv1x1_gemm(const ConvGemmParams& p, DType dtype, TileKind tile, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::f16: return launch_tile<__half>(p, tile, stream);
+    case DType::bf16: return launch_tile<__nv_bfloat16>(p, tile, stream);
+    case DType::f32: return launch_tile<float>(p, tile, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace fastconv

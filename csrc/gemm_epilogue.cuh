@@ -1,0 +1,95 @@
+// Epilogue of the 1x1 conv GEMM: fp32 accumulators -> shared memory (the mainloop's stages,
+// now free) -> + bias + residual, ReLU, one rounding -> out.
+// Staging through shared memory turns the mma's scattered fragment layout (each thread two
+// adjacent columns of rows g and g + 8) into rows of 16-byte vectors: consecutive threads
+// store consecutive 16 bytes of one output pixel's channels, fully coalesced for NHWC.
+// Where 16-byte accesses are not legal (out or residual not channel-contiguous, misaligned,
+// a Cout tail), the same threads fall back to scalar accesses.
+#pragma once
+
+#include "common.cuh"
+#include "gemm_params.h"
+
+namespace fastconv {
+
+template <class Cfg>
+struct Epilogue {
+  using T = typename Cfg::T;
+  static constexpr int BM = Cfg::BM, BN = Cfg::BN, VEC = Cfg::VEC;
+  // 8 floats of padding: the float2 writes of a half warp (rows g = 0..3, 4 column pairs)
+  // then cover all 32 banks once.
+  static constexpr int LDC = BN + 8;
+  struct SharedStorage { alignas(16) float c[BM * LDC]; };
+  struct alignas(16) Vec { T v[VEC]; };
+
+  template <class Accum>
+  static __device__ __forceinline__ void run(const ConvGemmParams& p, SharedStorage& s, const Accum& acc,
+                                             int64_t m0, int64_t n0) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int wm = warp % Cfg::WARPS_M, wn = warp / Cfg::WARPS_M;
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int mt = 0; mt < Cfg::MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Cfg::NT; ++nt) {
+        const int r = wm * Cfg::WM + mt * 16 + g, c = wn * Cfg::WN + nt * 8 + 2 * t;
+        *reinterpret_cast<float2*>(&s.c[r * LDC + c]) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
+        *reinterpret_cast<float2*>(&s.c[(r + 8) * LDC + c]) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
+      }
+    __syncthreads();
+
+    const T* bias = static_cast<const T*>(p.bias);
+    const T* res = static_cast<const T*>(p.residual);
+    T* out = static_cast<T*>(p.out);
+    constexpr int THREADS_PER_ROW = BN / VEC, ROWS_PER_PASS = Cfg::THREADS / THREADS_PER_ROW;
+    const int col = (threadIdx.x % THREADS_PER_ROW) * VEC;
+    const int64_t j0 = n0 + col;
+    if (j0 >= p.cout) return;
+    const bool full = j0 + VEC <= p.cout;
+    float b[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      b[v] = (bias != nullptr && j0 + v < p.cout) ? to_acc<float>(bias[(j0 + v) * p.bias_s]) : 0.f;
+
+    for (int r = threadIdx.x / THREADS_PER_ROW; r < BM; r += ROWS_PER_PASS) {
+      const int64_t m = m0 + r;
+      if (m >= p.M) break;
+      const int64_t n = m / (p.OH * p.OW), oh = (m / p.OW) % p.OH, ow = m % p.OW;
+      float y[VEC];
+#pragma unroll
+      for (int v = 0; v < VEC; v += 4) {
+        const float4 c4 = *reinterpret_cast<const float4*>(&s.c[r * LDC + col + v]);
+        y[v] = c4.x + b[v]; y[v + 1] = c4.y + b[v + 1]; y[v + 2] = c4.z + b[v + 2]; y[v + 3] = c4.w + b[v + 3];
+      }
+      if (res != nullptr) {
+        const T* rp = res + n * p.rs_n + oh * p.rs_h + ow * p.rs_w + j0 * p.rs_c;
+        if (p.vec_res && full) {
+          const Vec rv = *reinterpret_cast<const Vec*>(rp);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) y[v] += to_acc<float>(rv.v[v]);
+        } else {
+#pragma unroll
+          for (int v = 0; v < VEC; ++v)
+            if (j0 + v < p.cout) y[v] += to_acc<float>(rp[v * p.rs_c]);
+        }
+      }
+      if (p.relu) {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) y[v] = y[v] < 0.f ? 0.f : y[v];  // NaN stays NaN, as torch.relu
+      }
+      T* op = out + n * p.os_n + oh * p.os_h + ow * p.os_w + j0 * p.os_c;
+      if (p.vec_out && full) {
+        Vec ov;
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) ov.v[v] = from_acc<T>(y[v]);
+        *reinterpret_cast<Vec*>(op) = ov;
+      } else {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v)
+          if (j0 + v < p.cout) op[v * p.os_c] = from_acc<T>(y[v]);
+      }
+    }
+  }
+};
+
+}  // namespace fastconv
