@@ -248,8 +248,9 @@ namespace {
 
 Geom fallback_geometry(const Conv1x1Args& a) {
   Geom g;
-  g.OH = (a.x_sizes.d[2] - 1) / a.stride + 1;
-  g.OW = (a.x_sizes.d[3] - 1) / a.stride + 1;
+  // ceil(H / stride), 0 for H = 0 (as Python's (H - 1) // s + 1; C++ division truncates)
+  g.OH = (a.x_sizes.d[2] + a.stride - 1) / a.stride;
+  g.OW = (a.x_sizes.d[3] + a.stride - 1) / a.stride;
   g.M = a.x_sizes.d[0] * g.OH * g.OW;
   g.cout = a.cout;
   g.cin = a.x_sizes.d[1];

@@ -68,7 +68,7 @@ cudaError_t launch_tile(const ConvGemmParams& p, TileKind tile, cudaStream_t str
 bool conv1x1_gemm_supported(const ConvGemmParams& p, DType dtype, bool tf32) {
   if (!(dtype == DType::f16 || dtype == DType::bf16 || (dtype == DType::f32 && tf32))) return false;
   const int64_t vec = 16 / dtype_size(dtype);
-  const int64_t N = p.M / (p.OH * p.OW);
+  const int64_t pixels = p.OH * p.OW, N = pixels > 0 ? p.M / pixels : 0;
   const bool x_rows = (p.xs_c == 1 || p.cin == 1) && aligned16(p.x) && multiple_of(p.xs_n, N, vec) &&
                       multiple_of(p.xs_h * p.stride, p.OH, vec) && multiple_of(p.xs_w * p.stride, p.OW, vec);
   const bool w_rows = (p.w_i == 1 || p.cin == 1) && aligned16(p.w) && multiple_of(p.w_o, p.cout, vec);

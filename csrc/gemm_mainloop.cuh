@@ -107,21 +107,21 @@ struct Mainloop {
     // ldmatrix.x4 lane roles. A (16 rows x 2 chunks): tiles = (rows 0-7, 8-15) x (chunk 0, 1)
     // in the order a0..a3 of the mma. B (16 columns x 2 chunks): tiles = (cols 0-7: chunk 0,
     // chunk 1), (cols 8-15: chunk 0, chunk 1), i.e. b0, b1 of two n8 tiles.
-    const int a_row = wm * Cfg::WM + (lane & 7) + ((lane >> 3) & 1) * 8, a_chunk = lane >> 4;
-    const int b_row = wn * Cfg::WN + (lane & 7) + (lane >> 4) * 8, b_chunk = (lane >> 3) & 1;
+    const int a_ld_row = wm * Cfg::WM + (lane & 7) + ((lane >> 3) & 1) * 8, a_chunk = lane >> 4;
+    const int b_ld_row = wn * Cfg::WN + (lane & 7) + (lane >> 4) * 8, b_chunk = (lane >> 3) & 1;
 #pragma unroll
     for (int ks = 0; ks < Cfg::KSTEPS; ++ks) {
       uint32_t a[Cfg::MT][4], b[Cfg::NT][2];
 #pragma unroll
       for (int mt = 0; mt < Cfg::MT; ++mt) {
-        ldmatrix_x4(a[mt], a_base + swizzle(a_row + mt * 16, 2 * ks + a_chunk));
+        ldmatrix_x4(a[mt], a_base + swizzle(a_ld_row + mt * 16, 2 * ks + a_chunk));
 #pragma unroll
         for (int r = 0; r < 4; ++r) Mma<T>::prepare(a[mt][r]);
       }
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; nt += 2) {
         uint32_t r[4];
-        ldmatrix_x4(r, b_base + swizzle(b_row + nt * 8, 2 * ks + b_chunk));
+        ldmatrix_x4(r, b_base + swizzle(b_ld_row + nt * 8, 2 * ks + b_chunk));
 #pragma unroll
         for (int q = 0; q < 4; ++q) Mma<T>::prepare(r[q]);
         b[nt][0] = r[0]; b[nt][1] = r[1]; b[nt + 1][0] = r[2]; b[nt + 1][1] = r[3];
