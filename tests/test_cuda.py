@@ -120,7 +120,8 @@ def test_gemm_sass(tmp_path):
 def _gemm_case(N, cin, H, W, cout, stride, dtype, tf32, bias_stride=1, residual=None, x=None):
     if x is None:
         x = make_input((N, cin, H, W), dtype, "nhwc")
-    w = torch.randn(cout, cin, 1, 1, device=DEVICE).to(dtype) / cin ** 0.5
+    # weight rows padded to 16 bytes, as the GEMM needs (a contiguous one where Cin allows)
+    w = (torch.randn(cout, -(-cin // 8) * 8, device=DEVICE) / cin ** 0.5).to(dtype)[:, :cin, None, None]
     b = torch.randn(cout * bias_stride, device=DEVICE).to(dtype)[::bias_stride]
     out_shape = (N, cout, (H - 1) // stride + 1, (W - 1) // stride + 1)
     r = make_input(out_shape, dtype, residual) if residual else None
@@ -166,6 +167,30 @@ def test_gemm_views_bias_residual(dtype, tf32, poison):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("geometry", [(3, 2), (3, 1), ((3, 2), (2, 1)), (1, 2), (5, 3)])
+def test_pools_vectorized(dtype, kind, geometry, poison):
+    """The 16-byte channel-vector pools (channels_last, C a multiple of 16 bytes), forward and
+    backward, beside the band logic's edges: H = 1, 7 (a short last band), 13."""
+    op, ref_op = {"max": (fastconv.max_pool2d_same, reference.max_pool2d_same),
+                  "avg": (fastconv.avg_pool2d_same, reference.avg_pool2d_same)}[kind]
+    k, s = geometry
+    for shape in [(2, 16, 7, 7), (1, 32, 13, 9), (2, 16, 1, 5)]:
+        x = make_input(shape, dtype, "nhwc", requires_grad=True)
+        with fastconv.use_backend("cuda"):
+            out = op(x, k, s)
+            grad = torch.randn_like(out)
+            out.backward(grad)
+        x64 = x.detach().double().requires_grad_()
+        ref = ref_op(x64, k, s)
+        ref.backward(grad.double())
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert reference.rel_error(out, ref) <= TOL[dtype], shape
+        assert reference.rel_error(x.grad, x64.grad) <= TOL[dtype], shape
+
+
+@gpu
 def test_sanitizer_short_run():
     """Every CUDA kernel once, forward and backward, at odd sizes (run under compute-sanitizer)."""
     with fastconv.use_backend("cuda"):
@@ -177,5 +202,15 @@ def test_sanitizer_short_run():
             z = fastconv.residual_add(y, torch.randn_like(y))
             p = fastconv.max_pool2d_same(z, 3, 2) + fastconv.avg_pool2d_same(z, 3, 2)
             p.sum().backward()
+            # the tensor-core GEMM (channels_last, 16-byte rows; TF32 for float32) and the
+            # vectorized pools
+            xv = make_input((2, 24, 5, 7), dtype, "nhwc", requires_grad=True)
+            wv = torch.randn(70, 24, 1, 1, device="cuda", dtype=dtype)
+            torch.backends.cudnn.allow_tf32 = True
+            yv = fastconv.conv1x1_relu(xv, wv, b[:1].expand(70), stride=2, residual=torch.randn(
+                2, 70, 3, 4, device="cuda", dtype=dtype).to(memory_format=torch.channels_last))
+            torch.backends.cudnn.allow_tf32 = False
+            qv = fastconv.max_pool2d_same(xv, 3, 2).sum() + fastconv.avg_pool2d_same(xv, 3, 1).sum()
+            (yv.sum() + qv).backward()
             torch.cuda.synchronize()
             assert reference.rel_error(y, reference.conv1x1_relu(x, w, b, 2)) < 2e-3
