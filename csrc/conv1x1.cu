@@ -322,9 +322,9 @@ cudaError_t conv1x1(const Conv1x1Args& a, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const Kernel kernel = choose_kernel(a, p, sms);
   switch (kernel) {
-    case Kernel::mma_large: return conv1x1_gemm(p, a.dtype, TileKind::large, stream);
-    case Kernel::mma_narrow: return conv1x1_gemm(p, a.dtype, TileKind::narrow, stream);
-    case Kernel::mma_small_m: return conv1x1_gemm(p, a.dtype, TileKind::small_m, stream);
+    case Kernel::mma_large: return conv1x1_gemm(p, a.dtype, TileKind::large, device, stream);
+    case Kernel::mma_narrow: return conv1x1_gemm(p, a.dtype, TileKind::narrow, device, stream);
+    case Kernel::mma_small_m: return conv1x1_gemm(p, a.dtype, TileKind::small_m, device, stream);
     default: break;
   }
   const auto grid = [&](int bm) {

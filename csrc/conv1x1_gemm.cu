@@ -5,6 +5,8 @@
 // memory-bound (H100 ridge ~266): the target is DRAM speed, which the grouped tile order
 // (A read once) and the fused epilogue (no second pass) give. 2048x7x7 -> 512: 5 KB,
 // 2 MFLOP = 400 FLOP/B, compute-bound: the target is mma throughput.
+#include <atomic>
+
 #include "conv1x1_gemm.h"
 #include "gemm_epilogue.cuh"
 #include "gemm_mainloop.cuh"
@@ -41,24 +43,34 @@ __global__ void __launch_bounds__(Cfg::THREADS, 2)
 template <typename T, const TileShape& S>
 using ConfigOf = GemmConfig<T, S.bm, S.bn, S.warps_m, S.warps_n, S.stages>;
 
+// Above 48 KB, dynamic shared memory needs an opt-in per kernel and device: set once per
+// device (the value never changes, so the flag cannot go stale), not on every launch.
 template <class Cfg>
-cudaError_t launch(const ConvGemmParams& p, cudaStream_t stream) {
+cudaError_t allow_shared_memory(int device, int bytes) {
+  static std::atomic<uint64_t> done{0};
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(conv1x1_mma<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_relaxed);
+  return err;
+}
+
+template <class Cfg>
+cudaError_t launch(const ConvGemmParams& p, int device, cudaStream_t stream) {
   const auto sched = Scheduler<Cfg>::to_params(p.M, p.cout);
   constexpr int smem = sizeof(KernelStorage<Cfg>);
-  // Above 48 KB of dynamic shared memory needs an opt-in; set on every launch (a cheap
-  // attribute write) rather than cached, so it holds on whichever device is current.
-  cudaError_t err = cudaFuncSetAttribute(conv1x1_mma<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const cudaError_t err = allow_shared_memory<Cfg>(device, smem);
   if (err != cudaSuccess) return err;
   conv1x1_mma<Cfg><<<Scheduler<Cfg>::get_grid_shape(sched), Cfg::THREADS, smem, stream>>>(p, sched);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_tile(const ConvGemmParams& p, TileKind tile, cudaStream_t stream) {
+cudaError_t launch_tile(const ConvGemmParams& p, TileKind tile, int device, cudaStream_t stream) {
   switch (tile) {
-    case TileKind::large: return launch<ConfigOf<T, kTileLarge>>(p, stream);
-    case TileKind::narrow: return launch<ConfigOf<T, kTileNarrow>>(p, stream);
-    case TileKind::small_m: return launch<ConfigOf<T, kTileSmallM>>(p, stream);
+    case TileKind::large: return launch<ConfigOf<T, kTileLarge>>(p, device, stream);
+    case TileKind::narrow: return launch<ConfigOf<T, kTileNarrow>>(p, device, stream);
+    case TileKind::small_m: return launch<ConfigOf<T, kTileSmallM>>(p, device, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -76,11 +88,11 @@ bool conv1x1_gemm_supported(const ConvGemmParams& p, DType dtype, bool tf32) {
   return x_rows && w_rows && tiles < (int64_t(1) << 31);
 }
 
-cudaError_t conv1x1_gemm(const ConvGemmParams& p, DType dtype, TileKind tile, cudaStream_t stream) {
+cudaError_t conv1x1_gemm(const ConvGemmParams& p, DType dtype, TileKind tile, int device, cudaStream_t stream) {
   switch (dtype) {
-    case DType::f16: return launch_tile<__half>(p, tile, stream);
-    case DType::bf16: return launch_tile<__nv_bfloat16>(p, tile, stream);
-    case DType::f32: return launch_tile<float>(p, tile, stream);
+    case DType::f16: return launch_tile<__half>(p, tile, device, stream);
+    case DType::bf16: return launch_tile<__nv_bfloat16>(p, tile, device, stream);
+    case DType::f32: return launch_tile<float>(p, tile, device, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -16,6 +16,7 @@ namespace fastconv {
 // the WMMA / SIMT kernels of conv1x1.cu.
 bool conv1x1_gemm_supported(const ConvGemmParams& p, DType dtype, bool tf32);
 
-cudaError_t conv1x1_gemm(const ConvGemmParams& p, DType dtype, TileKind tile, cudaStream_t stream);
+// Launches on `device` (the current one) and `stream`.
+cudaError_t conv1x1_gemm(const ConvGemmParams& p, DType dtype, TileKind tile, int device, cudaStream_t stream);
 
 }  // namespace fastconv
