@@ -16,15 +16,19 @@ namespace fastconv {
 namespace {
 
 template <class Cfg>
-union KernelStorage {  // the epilogue's C tile reuses the mainloop's pipeline stages
-  typename Mainloop<Cfg>::SharedStorage mainloop;
-  typename Epilogue<Cfg>::SharedStorage epilogue;
+struct KernelStorage {
+  union {  // the epilogue's C tile reuses the mainloop's pipeline stages
+    typename Mainloop<Cfg>::SharedStorage mainloop;
+    typename Epilogue<Cfg>::SharedStorage epilogue;
+  };
+  TilePixels<Cfg::BM> pixels;
 };
 
 template <class Cfg>
 using Scheduler = GroupedTileScheduler<Cfg::BM, Cfg::BN>;
 
-// Two blocks per SM: 96 KB of shared memory each (tile_size.h), registers capped to fit.
+// Two blocks per SM: 96 KB (+ 3 KB of pixel offsets) of shared memory each (tile_size.h),
+// registers capped to fit.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::THREADS, 2)
     conv1x1_mma(const ConvGemmParams p, const typename Scheduler<Cfg>::Params sched) {
@@ -33,11 +37,13 @@ __global__ void __launch_bounds__(Cfg::THREADS, 2)
   const auto work = Scheduler<Cfg>::get_work(sched, blockIdx.x);
   const int64_t m0 = int64_t(work.m_block) * Cfg::BM, n0 = int64_t(work.n_block) * Cfg::BN;
 
+  storage.pixels.fill(p, m0);
+  __syncthreads();
   typename Mainloop<Cfg>::Accum acc = {};
-  const Mainloop<Cfg> mainloop(p, m0, n0);
+  const Mainloop<Cfg> mainloop(p, storage.pixels.x, n0);
   mainloop.run(storage.mainloop, acc);
   __syncthreads();  // every warp has read its last stage: the stages become the C tile
-  Epilogue<Cfg>::run(p, storage.epilogue, acc, m0, n0);
+  Epilogue<Cfg>::run(p, storage.epilogue, acc, storage.pixels.out, storage.pixels.res, n0);
 }
 
 template <typename T, const TileShape& S>

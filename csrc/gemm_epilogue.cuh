@@ -22,9 +22,10 @@ struct Epilogue {
   struct SharedStorage { alignas(16) float c[BM * LDC]; };
   struct alignas(16) Vec { T v[VEC]; };
 
+  // out_rows / res_rows: the tile's pixel offsets in out and residual (TilePixels), -1 past M.
   template <class Accum>
   static __device__ __forceinline__ void run(const ConvGemmParams& p, SharedStorage& s, const Accum& acc,
-                                             int64_t m0, int64_t n0) {
+                                             const int64_t* out_rows, const int64_t* res_rows, int64_t n0) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int wm = warp % Cfg::WARPS_M, wn = warp / Cfg::WARPS_M;
     const int g = lane / 4, t = lane % 4;
@@ -52,9 +53,7 @@ struct Epilogue {
       b[v] = (bias != nullptr && j0 + v < p.cout) ? to_acc<float>(bias[(j0 + v) * p.bias_s]) : 0.f;
 
     for (int r = threadIdx.x / THREADS_PER_ROW; r < BM; r += ROWS_PER_PASS) {
-      const int64_t m = m0 + r;
-      if (m >= p.M) break;
-      const int64_t n = m / (p.OH * p.OW), oh = (m / p.OW) % p.OH, ow = m % p.OW;
+      if (out_rows[r] < 0) break;  // past M (rows only grow)
       float y[VEC];
 #pragma unroll
       for (int v = 0; v < VEC; v += 4) {
@@ -62,7 +61,7 @@ struct Epilogue {
         y[v] = c4.x + b[v]; y[v + 1] = c4.y + b[v + 1]; y[v + 2] = c4.z + b[v + 2]; y[v + 3] = c4.w + b[v + 3];
       }
       if (res != nullptr) {
-        const T* rp = res + n * p.rs_n + oh * p.rs_h + ow * p.rs_w + j0 * p.rs_c;
+        const T* rp = res + res_rows[r] + j0 * p.rs_c;
         if (p.vec_res && full) {
           const Vec rv = *reinterpret_cast<const Vec*>(rp);
 #pragma unroll
@@ -77,7 +76,7 @@ struct Epilogue {
 #pragma unroll
         for (int v = 0; v < VEC; ++v) y[v] = y[v] < 0.f ? 0.f : y[v];  // NaN stays NaN, as torch.relu
       }
-      T* op = out + n * p.os_n + oh * p.os_h + ow * p.os_w + j0 * p.os_c;
+      T* op = out + out_rows[r] + j0 * p.os_c;
       if (p.vec_out && full) {
         Vec ov;
 #pragma unroll

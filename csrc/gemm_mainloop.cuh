@@ -57,7 +57,8 @@ struct Mainloop {
   int64_t cin;
   const char* valid_src;  // any readable address, for cp.async copies of 0 bytes
 
-  __device__ __forceinline__ Mainloop(const ConvGemmParams& p, int64_t m0, int64_t n0) {
+  // x_rows: the tile's pixel offsets in x (TilePixels::x), -1 past M.
+  __device__ __forceinline__ Mainloop(const ConvGemmParams& p, const int64_t* x_rows, int64_t n0) {
     const char* x = static_cast<const char*>(p.x);
     const char* w = static_cast<const char*>(p.w);
     chunk = threadIdx.x % CHUNKS;
@@ -66,10 +67,8 @@ struct Mainloop {
     const int row0 = threadIdx.x / CHUNKS;
 #pragma unroll
     for (int i = 0; i < A_ITERS; ++i) {
-      const int64_t m = m0 + row0 + i * ROWS_PER_ITER;
-      const int64_t n = m / (p.OH * p.OW), oh = (m / p.OW) % p.OH, ow = m % p.OW;
-      a_row[i] = m < p.M ? x + (n * p.xs_n + (oh * p.xs_h + ow * p.xs_w) * p.stride) * int64_t(sizeof(T))
-                         : nullptr;
+      const int64_t off = x_rows[row0 + i * ROWS_PER_ITER];
+      a_row[i] = off >= 0 ? x + off * int64_t(sizeof(T)) : nullptr;
     }
 #pragma unroll
     for (int i = 0; i < B_ITERS; ++i) {

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "gemm_params.h"
+
 namespace fastconv {
 
 template <int BM, int BN, int GROUP_M = 8>
@@ -27,6 +29,30 @@ struct GroupedTileScheduler {
     const int group_m = min(p.num_m - first_m, GROUP_M);  // the last group may be short
     const int in_group = tile % tiles_per_group;
     return {first_m + in_group % group_m, in_group / group_m};
+  }
+};
+
+// The element offsets of a tile's BM pixels in x (the gather of A rows, stride included), out
+// and residual; -1 past M. Filled once per block by all threads (one pixel decomposition, i.e.
+// a few 64-bit divisions, per row instead of one per row per thread in the mainloop and the
+// epilogue), read after a barrier.
+template <int BM>
+struct TilePixels {
+  int64_t x[BM], out[BM], res[BM];
+
+  __device__ __forceinline__ void fill(const ConvGemmParams& p, int64_t m0) {
+    for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+      const int64_t m = m0 + r;
+      if (m < p.M) {
+        const int64_t pixels = p.OH * p.OW, n = m / pixels, rest = m - n * pixels;
+        const int64_t oh = rest / p.OW, ow = rest - oh * p.OW;
+        x[r] = n * p.xs_n + (oh * p.xs_h + ow * p.xs_w) * p.stride;
+        out[r] = n * p.os_n + oh * p.os_h + ow * p.os_w;
+        res[r] = n * p.rs_n + oh * p.rs_h + ow * p.rs_w;
+      } else {
+        x[r] = out[r] = res[r] = -1;
+      }
+    }
   }
 };
 
