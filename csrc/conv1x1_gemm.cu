@@ -27,10 +27,9 @@ struct KernelStorage {
 template <class Cfg>
 using Scheduler = GroupedTileScheduler<Cfg::BM, Cfg::BN>;
 
-// Two blocks per SM: 96 KB (+ 3 KB of pixel offsets) of shared memory each (tile_size.h),
-// registers capped to fit.
+// Registers capped so that the blocks the shared memory allows per SM (gemm_tile_size.h) fit.
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, 2)
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::BLOCKS_PER_SM)
     conv1x1_mma(const ConvGemmParams p, const typename Scheduler<Cfg>::Params sched) {
   extern __shared__ __align__(128) unsigned char smem[];
   KernelStorage<Cfg>& storage = *reinterpret_cast<KernelStorage<Cfg>*>(smem);
@@ -47,7 +46,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 2)
 }
 
 template <typename T, const TileShape& S>
-using ConfigOf = GemmConfig<T, S.bm, S.bn, S.warps_m, S.warps_n, S.stages>;
+using ConfigOf = GemmConfig<T, S.bm, S.bn, S.warps_m, S.warps_n, S.stages, S.blocks_per_sm>;
 
 // Above 48 KB, dynamic shared memory needs an opt-in per kernel and device: set once per
 // device (the value never changes, so the flag cannot go stale), not on every launch.
@@ -65,6 +64,7 @@ template <class Cfg>
 cudaError_t launch(const ConvGemmParams& p, int device, cudaStream_t stream) {
   const auto sched = Scheduler<Cfg>::to_params(p.M, p.cout);
   constexpr int smem = sizeof(KernelStorage<Cfg>);
+  static_assert(Cfg::BLOCKS_PER_SM * (smem + 1024) <= 228 * 1024, "blocks_per_sm blocks must fit an sm90 SM");
   const cudaError_t err = allow_shared_memory<Cfg>(device, smem);
   if (err != cudaSuccess) return err;
   conv1x1_mma<Cfg><<<Scheduler<Cfg>::get_grid_shape(sched), Cfg::THREADS, smem, stream>>>(p, sched);

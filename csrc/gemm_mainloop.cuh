@@ -17,10 +17,11 @@
 
 namespace fastconv {
 
-template <typename T_, int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_>
+template <typename T_, int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_, int BLOCKS_PER_SM_>
 struct GemmConfig {
   using T = T_;
   static constexpr int BM = BM_, BN = BN_, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, STAGES = STAGES_;
+  static constexpr int BLOCKS_PER_SM = BLOCKS_PER_SM_;
   static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
   static constexpr int ROW_BYTES = 128, CHUNKS = ROW_BYTES / 16;  // one K block per row
   static constexpr int VEC = 16 / sizeof(T);                      // elements per chunk
