@@ -39,9 +39,9 @@ struct Epilogue {
       }
     __syncthreads();
 
-    const T* bias = static_cast<const T*>(p.bias);
-    const T* res = static_cast<const T*>(p.residual);
-    T* out = static_cast<T*>(p.out);
+    const T* __restrict__ bias = static_cast<const T*>(p.bias);
+    const T* __restrict__ res = static_cast<const T*>(p.residual);
+    T* __restrict__ out = static_cast<T*>(p.out);
     constexpr int THREADS_PER_ROW = BN / VEC, ROWS_PER_PASS = Cfg::THREADS / THREADS_PER_ROW;
     const int col = (threadIdx.x % THREADS_PER_ROW) * VEC;
     const int64_t j0 = n0 + col;
@@ -52,40 +52,56 @@ struct Epilogue {
     for (int v = 0; v < VEC; ++v)
       b[v] = (bias != nullptr && j0 + v < p.cout) ? to_acc<float>(bias[(j0 + v) * p.bias_s]) : 0.f;
 
-    for (int r = threadIdx.x / THREADS_PER_ROW; r < BM; r += ROWS_PER_PASS) {
-      if (out_rows[r] < 0) break;  // past M (rows only grow)
-      float y[VEC];
+    // The residual's 16-byte vectors are requested for a batch of this thread's rows before
+    // the first is used: BATCH loads in flight instead of one DRAM round trip per row (at most
+    // 8 rows: 32 registers).
+    constexpr int ROWS = BM / ROWS_PER_PASS, BATCH = ROWS < 8 ? ROWS : 8;
+    const int r0 = threadIdx.x / THREADS_PER_ROW;
+    const bool vec_res = res != nullptr && p.vec_res && full;
 #pragma unroll
-      for (int v = 0; v < VEC; v += 4) {
-        const float4 c4 = *reinterpret_cast<const float4*>(&s.c[r * LDC + col + v]);
-        y[v] = c4.x + b[v]; y[v + 1] = c4.y + b[v + 1]; y[v + 2] = c4.z + b[v + 2]; y[v + 3] = c4.w + b[v + 3];
+    for (int i0 = 0; i0 < ROWS; i0 += BATCH) {
+      Vec rv[BATCH] = {};
+      if (vec_res) {
+#pragma unroll
+        for (int i = 0; i < BATCH; ++i) {
+          const int64_t ro = res_rows[r0 + (i0 + i) * ROWS_PER_PASS];
+          if (ro >= 0) rv[i] = *reinterpret_cast<const Vec*>(res + ro + j0);  // vec_res: channel stride 1
+        }
       }
-      if (res != nullptr) {
-        const T* rp = res + res_rows[r] + j0 * p.rs_c;
-        if (p.vec_res && full) {
-          const Vec rv = *reinterpret_cast<const Vec*>(rp);
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) y[v] += to_acc<float>(rv.v[v]);
-        } else {
+      for (int i = 0; i < BATCH; ++i) {
+        const int r = r0 + (i0 + i) * ROWS_PER_PASS;
+        if (out_rows[r] < 0) break;  // past M (rows only grow)
+        float y[VEC];
+#pragma unroll
+        for (int v = 0; v < VEC; v += 4) {
+          const float4 c4 = *reinterpret_cast<const float4*>(&s.c[r * LDC + col + v]);
+          y[v] = c4.x + b[v]; y[v + 1] = c4.y + b[v + 1]; y[v + 2] = c4.z + b[v + 2]; y[v + 3] = c4.w + b[v + 3];
+        }
+        if (vec_res) {
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) y[v] += to_acc<float>(rv[i].v[v]);
+        } else if (res != nullptr) {
+          const T* rp = res + res_rows[r] + j0 * p.rs_c;
 #pragma unroll
           for (int v = 0; v < VEC; ++v)
             if (j0 + v < p.cout) y[v] += to_acc<float>(rp[v * p.rs_c]);
         }
-      }
-      if (p.relu) {
+        if (p.relu) {
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) y[v] = y[v] < 0.f ? 0.f : y[v];  // NaN stays NaN, as torch.relu
-      }
-      T* op = out + out_rows[r] + j0 * p.os_c;
-      if (p.vec_out && full) {
-        Vec ov;
+          for (int v = 0; v < VEC; ++v) y[v] = y[v] < 0.f ? 0.f : y[v];  // NaN stays NaN, as torch.relu
+        }
+        T* op = out + out_rows[r] + j0 * p.os_c;
+        if (p.vec_out && full) {
+          Vec ov;
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) ov.v[v] = from_acc<T>(y[v]);
-        *reinterpret_cast<Vec*>(op) = ov;
-      } else {
+          for (int v = 0; v < VEC; ++v) ov.v[v] = from_acc<T>(y[v]);
+          *reinterpret_cast<Vec*>(op) = ov;
+        } else {
 #pragma unroll
-        for (int v = 0; v < VEC; ++v)
-          if (j0 + v < p.cout) op[v * p.os_c] = from_acc<T>(y[v]);
+          for (int v = 0; v < VEC; ++v)
+            if (j0 + v < p.cout) op[v * p.os_c] = from_acc<T>(y[v]);
+        }
       }
     }
   }
