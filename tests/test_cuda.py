@@ -167,6 +167,23 @@ def test_gemm_views_bias_residual(dtype, tf32, poison):
 
 
 @gpu
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_conv1x1_empty_inputs(layout):
+    """H = 0 at stride 2 (C++ division truncates: (0 - 1) / 2 + 1 would be 1 row), N = 0, Cin = 0."""
+    w = torch.randn(16, 8, 1, 1, device=DEVICE, dtype=torch.float16)
+    with fastconv.use_backend("cuda"):
+        for shape, stride in [((2, 8, 0, 5), 2), ((0, 8, 4, 4), 1)]:
+            x = make_input(shape, torch.float16, layout)
+            out = fastconv.conv1x1_relu(x, w, stride=stride)
+            assert out.shape == (shape[0], 16, (shape[2] - 1) // stride + 1, (shape[3] - 1) // stride + 1)
+        x = make_input((2, 0, 3, 3), torch.float16, layout)
+        b = torch.randn(16, device=DEVICE, dtype=torch.float16)
+        out = fastconv.conv1x1_relu(x, w[:, :0], b)  # no input channels: relu(bias)
+    torch.cuda.synchronize()
+    assert torch.equal(out, b.relu()[None, :, None, None].expand_as(out))
+
+
+@gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("geometry", [(3, 2), (3, 1), ((3, 2), (2, 1)), (1, 2), (5, 3)])
