@@ -285,7 +285,7 @@ ConvGemmParams gemm_params(const Conv1x1Args& a) {
   return p;
 }
 
-enum class Kernel { mma_large, mma_narrow, mma_small_m, wmma, simt };
+enum class Kernel { mma_large, mma_narrow, mma_small_m, mma_nchw, wmma, simt };
 
 Kernel choose_kernel(const Conv1x1Args& a, const ConvGemmParams& p, int sms) {
   if (conv1x1_gemm_supported(p, a.dtype, a.tf32)) {
@@ -295,6 +295,7 @@ Kernel choose_kernel(const Conv1x1Args& a, const ConvGemmParams& p, int sms) {
       case TileKind::small_m: return Kernel::mma_small_m;
     }
   }
+  if (conv1x1_gemm_nchw_supported(p, a.dtype)) return Kernel::mma_nchw;
   const bool tensor_cores = a.dtype == DType::f16 || a.dtype == DType::bf16 || (a.dtype == DType::f32 && a.tf32);
   return tensor_cores ? Kernel::wmma : Kernel::simt;
 }
@@ -306,6 +307,7 @@ const char* conv1x1_kernel_name(const Conv1x1Args& args, int sms) {
     case Kernel::mma_large: return "mma_128x128";
     case Kernel::mma_narrow: return "mma_128x64";
     case Kernel::mma_small_m: return "mma_64x128";
+    case Kernel::mma_nchw: return "mma_nchw_128x128";
     case Kernel::wmma: return "wmma";
     case Kernel::simt: return "simt";
   }
@@ -325,6 +327,7 @@ cudaError_t conv1x1(const Conv1x1Args& a, cudaStream_t stream) {
     case Kernel::mma_large: return conv1x1_gemm(p, a.dtype, TileKind::large, device, stream);
     case Kernel::mma_narrow: return conv1x1_gemm(p, a.dtype, TileKind::narrow, device, stream);
     case Kernel::mma_small_m: return conv1x1_gemm(p, a.dtype, TileKind::small_m, device, stream);
+    case Kernel::mma_nchw: return conv1x1_gemm_nchw(p, a.dtype, device, stream);
     default: break;
   }
   const auto grid = [&](int bm) {

@@ -17,6 +17,11 @@ namespace fastconv {
 bool conv1x1_gemm_supported(const ConvGemmParams& p, DType dtype, bool tf32);
 
 // Launches on `device` (the current one) and `stream`.
+// The NCHW variant (gemm_nchw.cuh): fp16/bf16, stride 1, pixels contiguous in x, out and
+// residual (dense NCHW), 16-byte aligned channel planes (H * W a multiple of 8) and weight rows.
+bool conv1x1_gemm_nchw_supported(const ConvGemmParams& p, DType dtype);
+cudaError_t conv1x1_gemm_nchw(const ConvGemmParams& p, DType dtype, int device, cudaStream_t stream);
+
 cudaError_t conv1x1_gemm(const ConvGemmParams& p, DType dtype, TileKind tile, int device, cudaStream_t stream);
 
 }  // namespace fastconv

@@ -96,7 +96,7 @@ struct Epilogue {
           Vec ov;
 #pragma unroll
           for (int v = 0; v < VEC; ++v) ov.v[v] = from_acc<T>(y[v]);
-          *reinterpret_cast<Vec*>(op) = ov;
+          store16(op, ov);
         } else {
 #pragma unroll
           for (int v = 0; v < VEC; ++v)

@@ -23,7 +23,8 @@ struct ConvGemmParams {
   int64_t os_n, os_c, os_h, os_w;  // out strides
   int64_t rs_n, rs_c, rs_h, rs_w;  // residual strides
   bool relu;
-  bool vec_out, vec_res;  // 16-byte stores / loads of out / residual are legal (checked on the host)
+  bool vec_out, vec_res;  // 16-byte stores / loads of out / residual are legal (checked on the host,
+                          // per epilogue: along channels for NHWC, along pixels for NCHW)
 };
 
 }  // namespace fastconv

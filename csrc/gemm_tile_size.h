@@ -26,6 +26,10 @@ constexpr TileShape kTileNarrow{128, 64, 2, 2, 4, 2};
 // make 396 slots on 132 SMs: 2048x7x7 -> 512 at batch 128 (392 tiles) runs in one wave.
 constexpr TileShape kTileSmallM{64, 128, 2, 2, 3, 3};
 
+// NCHW 16-bit (gemm_nchw.cuh): 128 output channels x 128 pixels of one image, 8 warps of
+// 64x32, 3 stages (99 KB), 2 per SM. One shape: NCHW is the less common layout here.
+constexpr TileShape kTileNchw{128, 128, 2, 4, 3, 2};
+
 enum class TileKind : int { large = 0, narrow = 1, small_m = 2 };
 
 // The tile shape for an M x Cout GEMM on a GPU with `sms` SMs. Why these thresholds: a grid of

@@ -40,6 +40,15 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
                : "r"(addr));
 }
 
+// The same with each 8x8 tile transposed: register i of lane l receives elements (row 2 * (l % 4),
+// column l / 4) and (row 2 * (l % 4) + 1, column l / 4) of tile i: an mma B fragment from a tile
+// stored K-rows-major (N contiguous).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 // D += A * B for one 16 x 8 tile and one 32-byte K step. A: 4 registers (rows g and g + 8,
 // K chunks 0 and 1), B: 2 registers (column g, K chunks 0 and 1), C: rows g, g + 8, columns
 // 2t, 2t + 1 (g = lane / 4, t = lane % 4).

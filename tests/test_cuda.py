@@ -56,7 +56,10 @@ def _kernel(x, w, out, stride, dtype, tf32=False, sms=132, residual=None):
     ((2, 64, 7, 7, 256, 1), "nhwc", torch.float32, True, "mma_64x128"),    # TF32
     ((2, 64, 7, 7, 256, 1), "nhwc", torch.float32, False, "simt"),         # IEEE fp32
     ((2, 64, 7, 7, 256, 1), "nhwc", torch.float64, False, "simt"),
-    ((2, 64, 7, 7, 256, 1), "nchw", torch.float16, False, "wmma"),         # not K-contiguous
+    ((2, 64, 8, 7, 256, 1), "nchw", torch.bfloat16, False, "mma_nchw_128x128"),  # NCHW GEMM
+    ((2, 64, 7, 7, 256, 1), "nchw", torch.float16, False, "wmma"),         # 98-byte channel planes
+    ((2, 64, 8, 8, 256, 2), "nchw", torch.float16, False, "wmma"),         # NCHW, stride 2
+    ((2, 64, 8, 8, 256, 1), "nchw", torch.float32, True, "wmma"),          # NCHW TF32
     ((2, 17, 7, 7, 256, 1), "nhwc", torch.float16, False, "wmma"),         # 34-byte pixel rows
     ((2, 64, 7, 7, 256, 1), "strided", torch.float16, False, "wmma"),      # channel stride 2
 ])
@@ -104,7 +107,8 @@ def test_gemm_sass(tmp_path):
     for cubin in cubins:
         functions = re.split(r"\n\s*Function : ", cuobjdump("--dump-sass", str(cubin)))[1:]
         gemms = [f for f in functions if "conv1x1_mma" in f.split("\n", 1)[0]]
-        assert len(gemms) == 9, cubin.name  # 3 tile shapes x (fp16, bf16, TF32)
+        # NHWC: 3 tile shapes x (fp16, bf16, TF32); NCHW: fp16, bf16
+        assert len(gemms) == 11, cubin.name
         for body in gemms:
             name = body.split("\n", 1)[0]
             for op in ("HMMA", "LDSM", "LDGSTS", "STG.E.128"):
@@ -112,7 +116,7 @@ def test_gemm_sass(tmp_path):
             assert not re.search(r"\b(LDL|STL)\b", body), f"local-memory traffic in {name}"
         usage = re.findall(r"Function (\S*conv1x1_mma\S*):\n\s*(.*)",
                            cuobjdump("--dump-resource-usage", str(cubin)))
-        assert len(usage) == 9
+        assert len(usage) == 11
         for name, line in usage:
             assert "STACK:0 " in line and "LOCAL:0 " in line, f"{name}: {line}"
 
@@ -164,6 +168,23 @@ def test_gemm_views_bias_residual(dtype, tf32, poison):
                                  x=base[:, :20] if dtype != torch.float32 else base[:, :18])
         assert kernel.startswith("mma")
         assert err <= (3e-3 if tf32 else TOL[dtype]), (residual, err)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", [
+    (2, 72, 7, 8, 136),   # two K blocks, Cout tail of 8, 56 pixels: one partial pixel block
+    (1, 200, 4, 6, 40),   # K tail inside a K block, Cout 40
+    (3, 16, 16, 17, 8),   # 272 pixels: 3 pixel blocks, the last partial
+])
+def test_gemm_nchw(dtype, case, poison):
+    """The NCHW GEMM (ldmatrix.trans on pixel-major x): bias strided, residual NCHW and strided."""
+    N, cin, H, W, cout = case
+    x = make_input((N, cin, H, W), dtype, "nchw")
+    for residual in ("nchw", "strided"):
+        kernel, err = _gemm_case(N, cin, H, W, cout, 1, dtype, False, bias_stride=2, residual=residual, x=x)
+        assert kernel == ("mma_nchw_128x128" if residual == "nchw" else "wmma")
+        assert err <= TOL[dtype], (residual, err)
 
 
 @gpu
