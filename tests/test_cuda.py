@@ -248,6 +248,8 @@ def test_sanitizer_short_run():
             yv = fastconv.conv1x1_relu(xv, wv, b[:1].expand(70), stride=2, residual=torch.randn(
                 2, 70, 3, 4, device="cuda", dtype=dtype).to(memory_format=torch.channels_last))
             torch.backends.cudnn.allow_tf32 = False
+            if dtype == torch.float16:  # the NCHW GEMM (16-bit only)
+                yv = yv.sum() + fastconv.conv1x1_relu(make_input((2, 24, 4, 6), dtype, "nchw"), wv).sum()
             qv = fastconv.max_pool2d_same(xv, 3, 2).sum() + fastconv.avg_pool2d_same(xv, 3, 1).sum()
             (yv.sum() + qv).backward()
             torch.cuda.synchronize()
