@@ -5,6 +5,7 @@ sizes, strides and a stream handle from Python, and links cudart statically: it
 does not include or link torch, so one build works with any torch version and
 builds on machines without a GPU (or without a CUDA build of torch).
 """
+import concurrent.futures
 import glob
 import os
 import shutil
@@ -37,7 +38,7 @@ class NvccBuildExt(build_ext):
         build_dir = os.path.join(self.build_temp, "csrc")
         os.makedirs(build_dir, exist_ok=True)
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
-        objects = []
+        commands, objects = [], []
         for src in ext.sources:
             # nvcc compiles the .cu files and hands the .cpp bindings to the host compiler
             # with CUDA's include path; warnings are errors in both.
@@ -48,9 +49,15 @@ class NvccBuildExt(build_ext):
                 cmd += ["--expt-relaxed-constexpr", *gencode]
             else:
                 cmd += [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
-            self.announce(" ".join(cmd), level=2)
-            subprocess.check_call(cmd)
+            commands.append(cmd)
             objects.append(obj)
+        # One nvcc per source file, as many at once as there are cores: the build takes about
+        # as long as its slowest file (the GEMM's instantiations) instead of the sum.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        for cmd in commands:
+            self.announce(" ".join(cmd), level=2)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=cores) as pool:
+            list(pool.map(subprocess.check_call, commands))
         out = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         # nvcc links the device code and cudart_static; -shared makes the Python module.

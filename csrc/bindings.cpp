@@ -51,15 +51,36 @@ PYBIND11_MODULE(_C, m) {
                            stream(s)), "binary");
   });
 
-  m.def("conv1x1", [](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t residual, uintptr_t out, int dtype,
-                      Arr4 x_sizes, Arr4 x_strides, int64_t cout, int64_t w_o, int64_t w_i, Arr4 out_strides,
-                      Arr4 res_strides, int64_t stride_, bool relu, bool tf32, int device, uintptr_t s) {
+  // conv1x1 and conv1x1_kernel_name take the same arguments (conv1x1_kernel_name: the SM
+  // count in place of device and stream).
+  const auto conv_args = [](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t residual, uintptr_t out,
+                            int dtype, Arr4 x_sizes, Arr4 x_strides, int64_t cout, int64_t w_o, int64_t w_i,
+                            int64_t bias_s, Arr4 out_strides, Arr4 res_strides, int64_t stride_, bool relu,
+                            bool tf32) {
+    return fastconv::Conv1x1Args{ptr<const void>(x), ptr<const void>(w), ptr<const void>(bias),
+                                 ptr<const void>(residual), ptr<void>(out), DType(dtype), shape(x_sizes),
+                                 shape(x_strides), cout, w_o, w_i, bias_s, shape(out_strides),
+                                 shape(res_strides), stride_, relu, tf32};
+  };
+
+  m.def("conv1x1", [conv_args](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t residual, uintptr_t out,
+                               int dtype, Arr4 x_sizes, Arr4 x_strides, int64_t cout, int64_t w_o, int64_t w_i,
+                               int64_t bias_s, Arr4 out_strides, Arr4 res_strides, int64_t stride_, bool relu,
+                               bool tf32, int device, uintptr_t s) {
     set_device(device);
-    check(fastconv::conv1x1(ptr<const void>(x), ptr<const void>(w), ptr<const void>(bias),
-                            ptr<const void>(residual), ptr<void>(out), DType(dtype), shape(x_sizes),
-                            shape(x_strides), cout, w_o, w_i, shape(out_strides), shape(res_strides), stride_,
-                            relu, tf32, stream(s)), "conv1x1");
+    check(fastconv::conv1x1(conv_args(x, w, bias, residual, out, dtype, x_sizes, x_strides, cout, w_o, w_i,
+                                      bias_s, out_strides, res_strides, stride_, relu, tf32),
+                            stream(s)), "conv1x1");
   });
+
+  m.def("conv1x1_kernel_name", [conv_args](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t residual,
+                                           uintptr_t out, int dtype, Arr4 x_sizes, Arr4 x_strides, int64_t cout,
+                                           int64_t w_o, int64_t w_i, int64_t bias_s, Arr4 out_strides,
+                                           Arr4 res_strides, int64_t stride_, bool relu, bool tf32, int sms) {
+    return std::string(fastconv::conv1x1_kernel_name(
+        conv_args(x, w, bias, residual, out, dtype, x_sizes, x_strides, cout, w_o, w_i, bias_s, out_strides,
+                  res_strides, stride_, relu, tf32), sms));
+  }, "The kernel conv1x1 would run for these arguments on a GPU with `sms` SMs (host only).");
 
   m.def("relu_grad_bias", [](uintptr_t grad, uintptr_t y, uintptr_t grad_in, uintptr_t bias_grad, int dtype,
                              Arr4 sizes, Arr4 gs, Arr4 ys, Arr4 is, bool relu, int device, uintptr_t s) {

@@ -27,6 +27,19 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, flo
   return __float2bfloat16_rn(v);
 }
 
+// One 16-byte global store (st.global.v4) of a 16-byte value; dst must be 16-byte aligned.
+// Written in PTX because from C++ the compiler may lower a struct of eight halves to narrower
+// stores and merge them with a scalar tail path's stores to the same addresses (seen in the
+// NCHW GEMM's epilogue: four 4-byte stores).
+template <typename V>
+__device__ __forceinline__ void store16(void* dst, const V& v) {
+  static_assert(sizeof(V) == 16, "a 16-byte vector");
+  uint32_t w[4];
+  memcpy(w, &v, 16);
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+               : "memory");
+}
+
 // (n, c, h, w) of flat position i of a dense NCHW (or NHWC) tensor of sizes s.
 struct Index4 { int64_t n, c, h, w; };
 

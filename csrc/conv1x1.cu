@@ -1,18 +1,28 @@
-// Fused 1x1 convolution + bias + ReLU: a GEMM over pixels with the epilogue fused.
+// Fused 1x1 convolution + bias (+ residual) + ReLU: a GEMM over pixels with the epilogue fused.
 //   out[m, j] = relu(sum_k x[m, k] * w[j, k] + bias[j]),  m = (n, oh, ow) reading x[n, :, oh*s, ow*s]
-// Rows are pixels, so one kernel serves NCHW and NHWC: each row's pixel offset is computed
-// once per block, channels are walked through x's channel stride.
+// This file holds the dispatch rule (conv1x1) and the fallback kernels; the fast path is the
+// cp.async + ldmatrix + mma.sync GEMM of conv1x1_gemm.cu.
+//
+// Which kernel runs (conv1x1_kernel_name says it; csrc/README.md has the rule's reasons):
+//   - fp16/bf16, or fp32 with TF32 allowed, x and weight K-contiguous (channel stride 1:
+//     channels_last, stride 1 or 2, channel-contiguous views) with 16-byte aligned rows:
+//     the tensor-core GEMM, tile shape from choose_tile (gemm_tile_size.h).
+//   - other 16-bit / TF32 cases (NCHW or channel-strided x, Cin * elem not a multiple of 16
+//     bytes in NHWC, misaligned views): conv1x1_wmma below, read through strides (no copy).
+//   - IEEE fp32 and fp64: conv1x1_simt below.
+// Rows are pixels in the fallbacks too, so one kernel serves NCHW and NHWC: each row's pixel
+// offset is computed once per block, channels are walked through x's channel stride.
 // Napkin math (16-bit, Cin 192 -> Cout 64): 384 B read + 128 B written per pixel, 48 FLOP/B:
 // memory-bound on an H100 (ridge ~266 FLOP/B). The fused epilogue saves eager's ReLU pass
 // (256 B per pixel).
 //
-// Roles: load_tile (mainloop input stage, global -> shared, converting to the MMA type),
-// the tensor-core mainloop (WMMA: fp16/bf16 16x16x16, TF32 16x16x8), store_epilogue
-// (accumulators -> shared -> bias, ReLU, one rounding, strided stores). IEEE fp32 and fp64
-// use a SIMT mainloop with the same input stage and epilogue.
+// Fallback roles: load_tile (global -> shared through strides, converting to the MMA type),
+// the mainloop (WMMA: fp16/bf16 16x16x16, TF32 16x16x8; or SIMT 4x4 register tiles),
+// store_epilogue (accumulators -> shared -> bias, ReLU, one rounding, strided stores).
 #include <mma.h>
 
 #include "common.cuh"
+#include "conv1x1_gemm.h"
 
 namespace fastconv {
 namespace {
@@ -30,6 +40,7 @@ struct Geom {
   int64_t M, cout, cin, OH, OW, stride;
   Shape4 xst, ost, rst;  // x, out and residual strides
   int64_t w_o, w_i;      // weight strides [Cout, Cin]
+  int64_t bias_s;        // bias stride
 };
 
 // MMA element type: the tensor type for 16-bit inputs, float (rounded to TF32) for fp32.
@@ -92,7 +103,7 @@ __device__ void store_epilogue(const Geom& g, const A* Cs, int ldc, const int64_
     const int64_t jj = j0 + j;
     if (o_row[r] < 0 || jj >= g.cout) continue;
     A v = Cs[r * ldc + j];
-    if (bias != nullptr) v += to_acc<A>(bias[jj]);
+    if (bias != nullptr) v += to_acc<A>(bias[jj * g.bias_s]);
     if (res != nullptr) v += to_acc<A>(res[r_row[r] + jj * g.rst.d[1]]);
     if (relu && v < A(0)) v = A(0);  // NaN stays NaN, as torch.relu
     out[o_row[r] + jj * g.ost.d[1]] = from_acc<T>(v);
@@ -233,40 +244,109 @@ __global__ void relu_grad_bias_kernel(const T* __restrict__ grad, const T* __res
 
 }  // namespace
 
-cudaError_t conv1x1(const void* x, const void* w, const void* bias, const void* residual, void* out,
-                    DType dtype, Shape4 x_sizes, Shape4 x_strides, int64_t cout, int64_t w_stride_o,
-                    int64_t w_stride_i, Shape4 out_strides, Shape4 res_strides, int64_t stride,
-                    bool relu, bool tf32, cudaStream_t stream) {
+namespace {
+
+Geom fallback_geometry(const Conv1x1Args& a) {
   Geom g;
-  g.OH = (x_sizes.d[2] - 1) / stride + 1;
-  g.OW = (x_sizes.d[3] - 1) / stride + 1;
-  g.M = x_sizes.d[0] * g.OH * g.OW;
-  g.cout = cout;
-  g.cin = x_sizes.d[1];
-  g.stride = stride;
-  g.xst = x_strides;
-  g.ost = out_strides;
-  g.rst = res_strides;
-  g.w_o = w_stride_o;
-  g.w_i = w_stride_i;
-  if (g.M == 0 || cout == 0) return cudaSuccess;
-  const auto grid = [&](int bm) {
-    return dim3(static_cast<unsigned>((g.M + bm - 1) / bm), static_cast<unsigned>((cout + BN - 1) / BN));
+  // ceil(H / stride), 0 for H = 0 (as Python's (H - 1) // s + 1; C++ division truncates)
+  g.OH = (a.x_sizes.d[2] + a.stride - 1) / a.stride;
+  g.OW = (a.x_sizes.d[3] + a.stride - 1) / a.stride;
+  g.M = a.x_sizes.d[0] * g.OH * g.OW;
+  g.cout = a.cout;
+  g.cin = a.x_sizes.d[1];
+  g.stride = a.stride;
+  g.xst = a.x_strides;
+  g.ost = a.out_strides;
+  g.rst = a.res_strides;
+  g.w_o = a.w_stride_o;
+  g.w_i = a.w_stride_i;
+  g.bias_s = a.bias_stride;
+  return g;
+}
+
+ConvGemmParams gemm_params(const Conv1x1Args& a) {
+  const Geom g = fallback_geometry(a);
+  ConvGemmParams p;
+  p.x = a.x; p.w = a.w; p.bias = a.bias; p.residual = a.residual; p.out = a.out;
+  p.M = g.M; p.cin = g.cin; p.cout = g.cout; p.OH = g.OH; p.OW = g.OW; p.stride = g.stride;
+  p.xs_n = g.xst.d[0]; p.xs_c = g.xst.d[1]; p.xs_h = g.xst.d[2]; p.xs_w = g.xst.d[3];
+  p.w_o = g.w_o; p.w_i = g.w_i; p.bias_s = g.bias_s;
+  p.os_n = g.ost.d[0]; p.os_c = g.ost.d[1]; p.os_h = g.ost.d[2]; p.os_w = g.ost.d[3];
+  p.rs_n = g.rst.d[0]; p.rs_c = g.rst.d[1]; p.rs_h = g.rst.d[2]; p.rs_w = g.rst.d[3];
+  p.relu = a.relu;
+  // 16-byte epilogue accesses: channel-contiguous, aligned base and pixel strides.
+  const int64_t vec = 16 / dtype_size(a.dtype), N = a.x_sizes.d[0];
+  const auto vectorizable = [&](const void* ptr, const Shape4& st) {
+    return st.d[1] == 1 && aligned16(ptr) && multiple_of(st.d[0], N, vec) && multiple_of(st.d[2], g.OH, vec) &&
+           multiple_of(st.d[3], g.OW, vec);
   };
-  return dispatch(dtype, [&](auto tag) {
+  p.vec_out = vectorizable(a.out, g.ost);
+  p.vec_res = a.residual != nullptr && vectorizable(a.residual, g.rst);
+  return p;
+}
+
+enum class Kernel { mma_large, mma_narrow, mma_small_m, mma_nchw, wmma, simt };
+
+Kernel choose_kernel(const Conv1x1Args& a, const ConvGemmParams& p, int sms) {
+  if (conv1x1_gemm_supported(p, a.dtype, a.tf32)) {
+    switch (choose_tile(p.M, p.cout, sms)) {
+      case TileKind::large: return Kernel::mma_large;
+      case TileKind::narrow: return Kernel::mma_narrow;
+      case TileKind::small_m: return Kernel::mma_small_m;
+    }
+  }
+  if (conv1x1_gemm_nchw_supported(p, a.dtype)) return Kernel::mma_nchw;
+  const bool tensor_cores = a.dtype == DType::f16 || a.dtype == DType::bf16 || (a.dtype == DType::f32 && a.tf32);
+  return tensor_cores ? Kernel::wmma : Kernel::simt;
+}
+
+}  // namespace
+
+const char* conv1x1_kernel_name(const Conv1x1Args& args, int sms) {
+  switch (choose_kernel(args, gemm_params(args), sms)) {
+    case Kernel::mma_large: return "mma_128x128";
+    case Kernel::mma_narrow: return "mma_128x64";
+    case Kernel::mma_small_m: return "mma_64x128";
+    case Kernel::mma_nchw: return "mma_nchw_128x128";
+    case Kernel::wmma: return "wmma";
+    case Kernel::simt: return "simt";
+  }
+  return "?";
+}
+
+cudaError_t conv1x1(const Conv1x1Args& a, cudaStream_t stream) {
+  const Geom g = fallback_geometry(a);
+  if (g.M == 0 || g.cout == 0) return cudaSuccess;
+  const ConvGemmParams p = gemm_params(a);
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const Kernel kernel = choose_kernel(a, p, sms);
+  switch (kernel) {
+    case Kernel::mma_large: return conv1x1_gemm(p, a.dtype, TileKind::large, device, stream);
+    case Kernel::mma_narrow: return conv1x1_gemm(p, a.dtype, TileKind::narrow, device, stream);
+    case Kernel::mma_small_m: return conv1x1_gemm(p, a.dtype, TileKind::small_m, device, stream);
+    case Kernel::mma_nchw: return conv1x1_gemm_nchw(p, a.dtype, device, stream);
+    default: break;
+  }
+  const auto grid = [&](int bm) {
+    return dim3(static_cast<unsigned>((g.M + bm - 1) / bm), static_cast<unsigned>((g.cout + BN - 1) / BN));
+  };
+  return dispatch(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const T *xp = static_cast<const T*>(x), *wp = static_cast<const T*>(w);
-    const T *bp = static_cast<const T*>(bias), *rp = static_cast<const T*>(residual);
-    T* op = static_cast<T*>(out);
-    if constexpr (sizeof(T) == 2) {
-      conv1x1_wmma<T><<<grid(128), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
+    const T *xp = static_cast<const T*>(a.x), *wp = static_cast<const T*>(a.w);
+    const T *bp = static_cast<const T*>(a.bias), *rp = static_cast<const T*>(a.residual);
+    T* op = static_cast<T*>(a.out);
+    if constexpr (sizeof(T) == 2) {  // 16-bit: always tensor cores
+      conv1x1_wmma<T><<<grid(128), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, a.relu);
     } else if constexpr (sizeof(T) == 4) {
-      if (tf32)
-        conv1x1_wmma<T><<<grid(128), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
+      if (kernel == Kernel::wmma)
+        conv1x1_wmma<T><<<grid(128), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, a.relu);
       else
-        conv1x1_simt<T><<<grid(64), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
+        conv1x1_simt<T><<<grid(64), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, a.relu);
     } else {
-      conv1x1_simt<T><<<grid(64), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, relu);
+      conv1x1_simt<T><<<grid(64), THREADS, 0, stream>>>(xp, wp, bp, rp, op, g, a.relu);
     }
     return cudaGetLastError();
   });

@@ -12,6 +12,8 @@ namespace fastconv {
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3 };
 enum class BinaryOp : int { add = 0, add_relu = 1, relu_grad = 2 };
 
+inline int dtype_size(DType d) { return d == DType::f64 ? 8 : d == DType::f32 ? 4 : 2; }
+
 struct Shape4 { int64_t d[4]; };  // sizes or strides of an NCHW-indexed tensor
 
 // out = op(a, b); out dense (NCHW or NHWC = channels_last); a, b any strides.
@@ -22,12 +24,27 @@ cudaError_t binary(const void* a, const void* b, void* out, DType dtype, BinaryO
 
 // out[n, j, oh, ow] = [relu](sum_k x[n, k, oh*stride, ow*stride] * w[j, k] + bias[j]
 //                            + residual[n, j, oh, ow]).
-// w is [Cout, Cin] with strides (w_stride_o, w_stride_i); bias and residual may be null;
-// out and residual any strides.
-cudaError_t conv1x1(const void* x, const void* w, const void* bias, const void* residual, void* out,
-                    DType dtype, Shape4 x_sizes, Shape4 x_strides, int64_t cout, int64_t w_stride_o,
-                    int64_t w_stride_i, Shape4 out_strides, Shape4 res_strides, int64_t stride,
-                    bool relu, bool tf32, cudaStream_t stream);
+// w is [Cout, Cin] with strides (w_stride_o, w_stride_i); bias (stride bias_stride) and
+// residual may be null; out and residual any strides.
+struct Conv1x1Args {
+  const void* x;
+  const void* w;
+  const void* bias;
+  const void* residual;
+  void* out;
+  DType dtype;
+  Shape4 x_sizes, x_strides;
+  int64_t cout, w_stride_o, w_stride_i, bias_stride;
+  Shape4 out_strides, res_strides;
+  int64_t stride;
+  bool relu, tf32;
+};
+cudaError_t conv1x1(const Conv1x1Args& args, cudaStream_t stream);
+
+// The kernel conv1x1 runs for `args` on a GPU with `sms` SMs: "mma_128x128", "mma_128x64",
+// "mma_64x128" (the tensor-core GEMM, csrc/conv1x1_gemm.cu), "wmma" or "simt" (fallbacks).
+// Host code only: the dispatch rule is testable without a GPU.
+const char* conv1x1_kernel_name(const Conv1x1Args& args, int sms);
 
 // grad_in = grad * (y > 0) (or grad if !relu); bias_grad (float, double for f64;
 // zeroed by the caller) += grad_in summed over N, H, W.

@@ -39,14 +39,26 @@ def binary(a, b, out, op):
     return out
 
 
-def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
+def _conv1x1_args(x, weight, bias, out, stride, relu, tf32, residual):
+    """conv1x1's arguments to _C.conv1x1 / _C.conv1x1_kernel_name (before device and stream)."""
     w2 = weight if weight.dim() == 2 else weight[:, :, 0, 0]
     res = residual if residual is not None else out
-    _C.conv1x1(x.data_ptr(), w2.data_ptr(), 0 if bias is None else bias.data_ptr(),
-               0 if residual is None else residual.data_ptr(), out.data_ptr(),
-               _DTYPE_CODES[x.dtype], list(x.shape), list(x.stride()), w2.shape[0], w2.stride(0),
-               w2.stride(1), list(out.stride()), list(res.stride()), stride, relu, tf32, *_where(x))
+    return (x.data_ptr(), w2.data_ptr(), 0 if bias is None else bias.data_ptr(),
+            0 if residual is None else residual.data_ptr(), out.data_ptr(),
+            _DTYPE_CODES[x.dtype], list(x.shape), list(x.stride()), w2.shape[0], w2.stride(0),
+            w2.stride(1), 1 if bias is None else bias.stride(0), list(out.stride()),
+            list(res.stride()), stride, relu, tf32)
+
+
+def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
+    _C.conv1x1(*_conv1x1_args(x, weight, bias, out, stride, relu, tf32, residual), *_where(x))
     return out
+
+
+def conv1x1_kernel_name(x, weight, bias, out, stride, relu, tf32, residual=None, sms=132):
+    """Which CUDA kernel conv1x1 runs for these tensors ("mma_128x128", "mma_128x64",
+    "mma_64x128", "wmma", "simt") on a GPU with `sms` SMs; host-only, needs no GPU."""
+    return _C.conv1x1_kernel_name(*_conv1x1_args(x, weight, bias, out, stride, relu, tf32, residual), sms)
 
 
 def relu_grad_bias(grad, y, grad_in, bias_grad, relu):

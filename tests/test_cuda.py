@@ -1,23 +1,30 @@
 """The CUDA C++ extension: built and importable wherever nvcc is (CI included), a clear
-error without a GPU, and (on a GPU) a short run for compute-sanitizer. The numerical
-checks of the "cuda" backend are the shared, backend-parametrised op tests."""
+error without a GPU, its conv1x1 dispatch rule and the SASS of its tensor-core GEMM (both
+checked without a GPU), the GEMM's shape classes and tails against float64 (on a GPU), and
+a short run for compute-sanitizer. The other numerical checks of the "cuda" backend are the
+shared, backend-parametrised op tests."""
+import glob
 import os
+import re
 import shutil
+import subprocess
 
 import pytest
 import torch
 
 import fastconv
 from fastconv import _cuda, reference
-from tests.conftest import HAS_CUDA, gpu, make_input
+from tests.conftest import DEVICE, HAS_CUDA, TOL, gpu, make_input
 
 HAS_NVCC = shutil.which("nvcc") is not None or os.path.exists("/usr/local/cuda/bin/nvcc")
+built = pytest.mark.skipif(_cuda._C is None, reason="the extension fastconv._C is not built")
 
 
 @pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found: the extension is not built")
 def test_extension_is_built_and_imports():
     assert _cuda._C is not None, _cuda._IMPORT_ERROR
-    for name in ("binary", "conv1x1", "relu_grad_bias", "pool_forward", "pool_backward", "device_count"):
+    for name in ("binary", "conv1x1", "conv1x1_kernel_name", "relu_grad_bias", "pool_forward",
+                 "pool_backward", "device_count"):
         assert hasattr(_cuda._C, name)
 
 
@@ -27,6 +34,198 @@ def test_without_gpu_errors_are_clear():
     assert "cuda" not in fastconv.available_backends()
     with pytest.raises(RuntimeError, match="fastconv CUDA error in cudaGetDeviceCount: cudaError"):
         _cuda._C.device_count()
+
+
+def _conv_tensors(N, cin, H, W, cout, stride, dtype, layout, device=DEVICE):
+    x = make_input((N, cin, H, W), dtype, layout, device=device)
+    w = torch.randn(cout, cin, 1, 1, device=device).to(dtype) / cin ** 0.5
+    out = fastconv._checks.empty_like_layout(x, (N, cout, (H - 1) // stride + 1, (W - 1) // stride + 1))
+    return x, w, out
+
+
+def _kernel(x, w, out, stride, dtype, tf32=False, sms=132, residual=None):
+    return _cuda.conv1x1_kernel_name(x, w, None, out, stride, True, tf32, residual, sms)
+
+
+@built
+@pytest.mark.parametrize("shape, layout, dtype, tf32, expected", [
+    # channels_last 16-bit, stride 1 and 2: the tensor-core GEMM; tile by shape class
+    ((2, 64, 7, 13, 32, 2), "nhwc", torch.float16, False, "mma_128x64"),   # Cout <= 64
+    ((2, 64, 7, 7, 512, 1), "nhwc", torch.bfloat16, False, "mma_64x128"),  # few pixels
+    ((8, 64, 96, 96, 128, 1), "nhwc", torch.bfloat16, False, "mma_128x128"),
+    ((2, 64, 7, 7, 256, 1), "nhwc", torch.float32, True, "mma_64x128"),    # TF32
+    ((2, 64, 7, 7, 256, 1), "nhwc", torch.float32, False, "simt"),         # IEEE fp32
+    ((2, 64, 7, 7, 256, 1), "nhwc", torch.float64, False, "simt"),
+    ((2, 64, 8, 7, 256, 1), "nchw", torch.bfloat16, False, "mma_nchw_128x128"),  # NCHW GEMM
+    ((2, 64, 7, 7, 256, 1), "nchw", torch.float16, False, "wmma"),         # 98-byte channel planes
+    ((2, 64, 8, 8, 256, 2), "nchw", torch.float16, False, "wmma"),         # NCHW, stride 2
+    ((2, 64, 8, 8, 256, 1), "nchw", torch.float32, True, "wmma"),          # NCHW TF32
+    ((2, 17, 7, 7, 256, 1), "nhwc", torch.float16, False, "wmma"),         # 34-byte pixel rows
+    ((2, 64, 7, 7, 256, 1), "strided", torch.float16, False, "wmma"),      # channel stride 2
+])
+def test_conv1x1_dispatch_rule(shape, layout, dtype, tf32, expected):
+    x, w, out = _conv_tensors(*shape, dtype, layout, device="cpu")
+    assert _kernel(x, w, out, shape[5], dtype, tf32) == expected
+
+
+@built
+def test_conv1x1_dispatch_alignment():
+    """16-byte rows or no GEMM: a misaligned base or pixel stride takes the fallback."""
+    x, w, out = _conv_tensors(2, 64, 5, 5, 96, 1, torch.float16, "nhwc", device="cpu")
+    assert _kernel(x, w, out, 1, torch.float16).startswith("mma")
+    shifted = torch.empty(x.numel() + 1, dtype=x.dtype)[1:].as_strided(x.shape, x.stride())
+    assert _kernel(shifted, w, out, 1, torch.float16) == "wmma"
+    w_rows = torch.empty(96, 72, dtype=w.dtype)[:, :64]  # 144-byte weight rows
+    assert _kernel(x, w_rows, out, 1, torch.float16) == "mma_64x128"
+    w_odd = torch.empty(96, 68, dtype=w.dtype)[:, :64]   # 136-byte weight rows
+    assert _kernel(x, w_odd, out, 1, torch.float16) == "wmma"
+    sliced = torch.empty(2, 5, 5, 32, dtype=x.dtype).permute(0, 3, 1, 2)[:, :20]  # C = 20 of 32
+    assert _kernel(sliced, w[:, :20], out, 1, torch.float16).startswith("mma")
+
+
+def _cuobjdump():
+    for cand in (shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump",
+                 *glob.glob(os.path.join(os.path.dirname(__import__("triton").__file__),
+                                         "backends/nvidia/bin/cuobjdump"))):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+@built
+@pytest.mark.skipif(_cuobjdump() is None, reason="cuobjdump not found")
+def test_gemm_sass(tmp_path):
+    """The GEMM kernels are what csrc/README.md says: tensor-core mma (HMMA), ldmatrix (LDSM),
+    cp.async (LDGSTS), 16-byte epilogue stores, and no local memory (no LDL/STL, LOCAL:0).
+    Only the GEMM's cubins are disassembled (a few seconds; the whole module takes ~15 s)."""
+    def cuobjdump(*args):
+        return subprocess.run([_cuobjdump(), *args], check=True, capture_output=True, text=True,
+                              cwd=tmp_path).stdout
+    cuobjdump("--extract-elf", "all", _cuda._C.__file__)
+    cubins = sorted(p for p in tmp_path.glob("*.cubin") if b"conv1x1_mma" in p.read_bytes())
+    assert sorted(re.search(r"sm_\d+", p.name).group() for p in cubins) == ["sm_80", "sm_90"]
+    for cubin in cubins:
+        functions = re.split(r"\n\s*Function : ", cuobjdump("--dump-sass", str(cubin)))[1:]
+        gemms = [f for f in functions if "conv1x1_mma" in f.split("\n", 1)[0]]
+        # NHWC: 3 tile shapes x (fp16, bf16, TF32); NCHW: fp16, bf16
+        assert len(gemms) == 11, cubin.name
+        for body in gemms:
+            name = body.split("\n", 1)[0]
+            for op in ("HMMA", "LDSM", "LDGSTS", "STG.E.128"):
+                assert op in body, f"{op} missing in {name} ({cubin.name})"
+            assert not re.search(r"\b(LDL|STL)\b", body), f"local-memory traffic in {name}"
+        usage = re.findall(r"Function (\S*conv1x1_mma\S*):\n\s*(.*)",
+                           cuobjdump("--dump-resource-usage", str(cubin)))
+        assert len(usage) == 11
+        for name, line in usage:
+            assert "STACK:0 " in line and "LOCAL:0 " in line, f"{name}: {line}"
+
+
+def _gemm_case(N, cin, H, W, cout, stride, dtype, tf32, bias_stride=1, residual=None, x=None):
+    if x is None:
+        x = make_input((N, cin, H, W), dtype, "nhwc")
+    # weight rows padded to 16 bytes, as the GEMM needs (a contiguous one where Cin allows)
+    w = (torch.randn(cout, -(-cin // 8) * 8, device=DEVICE) / cin ** 0.5).to(dtype)[:, :cin, None, None]
+    b = torch.randn(cout * bias_stride, device=DEVICE).to(dtype)[::bias_stride]
+    out_shape = (N, cout, (H - 1) // stride + 1, (W - 1) // stride + 1)
+    r = make_input(out_shape, dtype, residual) if residual else None
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    probe = fastconv._checks.empty_like_layout(x, out_shape)
+    kernel = _cuda.conv1x1_kernel_name(x, w, b, probe, stride, True, tf32, r, sms)
+    torch.backends.cudnn.allow_tf32 = tf32
+    with fastconv.use_backend("cuda"):
+        out = fastconv.conv1x1_relu(x, w, b, stride=stride, residual=r)
+    torch.backends.cudnn.allow_tf32 = False
+    ref = reference.conv1x1_relu(x.double(), w.double(), b.double(), stride, True,
+                                 None if r is None else r.double())
+    return kernel, reference.rel_error(out, ref)
+
+
+GEMM_DTYPES = [(torch.float16, False), (torch.bfloat16, False), (torch.float32, True)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype, tf32", GEMM_DTYPES)
+@pytest.mark.parametrize("case, tile", [
+    ((2, 200, 9, 7, 40, 2), "mma_128x64"),    # K tail inside a K block, N tail, stride 2
+    ((3, 72, 11, 5, 136, 1), "mma_64x128"),   # two K blocks, N tail of 8
+    ((2, 16, 184, 184, 136, 1), "mma_128x128"),  # many tiles: grouped order, last group short
+    ((1, 32, 13, 13, 17, 1), "mma_128x64"),   # Cout 17: scalar epilogue (34-byte output rows)
+])
+def test_gemm_shape_classes(dtype, tf32, case, tile, poison):
+    kernel, err = _gemm_case(*case, dtype, tf32)
+    assert kernel == tile
+    assert err <= (3e-3 if tf32 else TOL[dtype]), err
+
+
+@gpu
+@pytest.mark.parametrize("dtype, tf32", GEMM_DTYPES)
+def test_gemm_views_bias_residual(dtype, tf32, poison):
+    """A channel slice (a K tail of half a chunk), a strided bias, residuals NHWC and strided."""
+    base = make_input((2, 32, 9, 9), dtype, "nhwc")
+    for residual in ("nhwc", "strided"):
+        kernel, err = _gemm_case(2, 20, 9, 9, 48, 1, dtype, tf32, bias_stride=3, residual=residual,
+                                 x=base[:, :20] if dtype != torch.float32 else base[:, :18])
+        assert kernel.startswith("mma")
+        assert err <= (3e-3 if tf32 else TOL[dtype]), (residual, err)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", [
+    (2, 72, 7, 8, 136),   # two K blocks, Cout tail of 8, 56 pixels: one partial pixel block
+    (1, 200, 4, 6, 40),   # K tail inside a K block, Cout 40
+    (3, 16, 16, 17, 8),   # 272 pixels: 3 pixel blocks, the last partial
+])
+def test_gemm_nchw(dtype, case, poison):
+    """The NCHW GEMM (ldmatrix.trans on pixel-major x): bias strided, residual NCHW and strided."""
+    N, cin, H, W, cout = case
+    x = make_input((N, cin, H, W), dtype, "nchw")
+    for residual in ("nchw", "strided"):
+        kernel, err = _gemm_case(N, cin, H, W, cout, 1, dtype, False, bias_stride=2, residual=residual, x=x)
+        assert kernel == ("mma_nchw_128x128" if residual == "nchw" else "wmma")
+        assert err <= TOL[dtype], (residual, err)
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_conv1x1_empty_inputs(layout):
+    """H = 0 at stride 2 (C++ division truncates: (0 - 1) / 2 + 1 would be 1 row), N = 0, Cin = 0."""
+    w = torch.randn(16, 8, 1, 1, device=DEVICE, dtype=torch.float16)
+    with fastconv.use_backend("cuda"):
+        for shape, stride in [((2, 8, 0, 5), 2), ((0, 8, 4, 4), 1)]:
+            x = make_input(shape, torch.float16, layout)
+            out = fastconv.conv1x1_relu(x, w, stride=stride)
+            assert out.shape == (shape[0], 16, (shape[2] - 1) // stride + 1, (shape[3] - 1) // stride + 1)
+        x = make_input((2, 0, 3, 3), torch.float16, layout)
+        b = torch.randn(16, device=DEVICE, dtype=torch.float16)
+        out = fastconv.conv1x1_relu(x, w[:, :0], b)  # no input channels: relu(bias)
+    torch.cuda.synchronize()
+    assert torch.equal(out, b.relu()[None, :, None, None].expand_as(out))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("geometry", [(3, 2), (3, 1), ((3, 2), (2, 1)), (1, 2), (5, 3)])
+def test_pools_vectorized(dtype, kind, geometry, poison):
+    """The 16-byte channel-vector pools (channels_last, C a multiple of 16 bytes), forward and
+    backward, beside the band logic's edges: H = 1, 7 (a short last band), 13."""
+    op, ref_op = {"max": (fastconv.max_pool2d_same, reference.max_pool2d_same),
+                  "avg": (fastconv.avg_pool2d_same, reference.avg_pool2d_same)}[kind]
+    k, s = geometry
+    for shape in [(2, 16, 7, 7), (1, 32, 13, 9), (2, 16, 1, 5)]:
+        x = make_input(shape, dtype, "nhwc", requires_grad=True)
+        with fastconv.use_backend("cuda"):
+            out = op(x, k, s)
+            grad = torch.randn_like(out)
+            out.backward(grad)
+        x64 = x.detach().double().requires_grad_()
+        ref = ref_op(x64, k, s)
+        ref.backward(grad.double())
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert reference.rel_error(out, ref) <= TOL[dtype], shape
+        assert reference.rel_error(x.grad, x64.grad) <= TOL[dtype], shape
 
 
 @gpu
@@ -41,5 +240,17 @@ def test_sanitizer_short_run():
             z = fastconv.residual_add(y, torch.randn_like(y))
             p = fastconv.max_pool2d_same(z, 3, 2) + fastconv.avg_pool2d_same(z, 3, 2)
             p.sum().backward()
+            # the tensor-core GEMM (channels_last, 16-byte rows; TF32 for float32) and the
+            # vectorized pools
+            xv = make_input((2, 24, 5, 7), dtype, "nhwc", requires_grad=True)
+            wv = torch.randn(70, 24, 1, 1, device="cuda", dtype=dtype)
+            torch.backends.cudnn.allow_tf32 = True
+            yv = fastconv.conv1x1_relu(xv, wv, b[:1].expand(70), stride=2, residual=torch.randn(
+                2, 70, 3, 4, device="cuda", dtype=dtype).to(memory_format=torch.channels_last))
+            torch.backends.cudnn.allow_tf32 = False
+            if dtype == torch.float16:  # the NCHW GEMM (16-bit only)
+                yv = yv.sum() + fastconv.conv1x1_relu(make_input((2, 24, 4, 6), dtype, "nchw"), wv).sum()
+            qv = fastconv.max_pool2d_same(xv, 3, 2).sum() + fastconv.avg_pool2d_same(xv, 3, 1).sum()
+            (yv.sum() + qv).backward()
             torch.cuda.synchronize()
             assert reference.rel_error(y, reference.conv1x1_relu(x, w, b, 2)) < 2e-3
