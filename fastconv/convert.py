@@ -315,8 +315,8 @@ def _convert(module, path, shapes, report):
     # Its own forward stays: convert inside the children, keeping their types.
     previous = None
     for name, child in module.named_children():
-        if isinstance(module, nn.Sequential) and _zero_padded_max_pool(previous, child):
-            report.skipped.append((_join(path, name), "max pool on zero padding: a zero can win the max"))
+        if isinstance(module, nn.Sequential) and _padded_max_pool(previous, child):
+            report.skipped.append((_join(path, name), _finite_pad_reason(previous.value)))
         else:
             new = _convert(child, _join(path, name), shapes, report)
             if new is not child:
@@ -327,8 +327,14 @@ def _convert(module, path, shapes, report):
     return module
 
 
-def _zero_padded_max_pool(pad, pool):
-    return (type(pad) in _PAD_MODULES and pad.value == 0 and type(pool) is nn.MaxPool2d)
+def _padded_max_pool(pad, pool):
+    """A pad module of finite value, then a max pool (by position in an nn.Sequential)."""
+    return type(pad) in _PAD_MODULES and math.isfinite(pad.value) and type(pool) is nn.MaxPool2d
+
+
+def _finite_pad_reason(value):
+    what = "zero" if value == 0 else f"{value:g}"
+    return f"max pool on {what} padding: a padded {what} can win the max, SAME's -inf cannot"
 
 
 def _keep_attributes(gm, module):
@@ -556,7 +562,7 @@ def _rewrite_padded_pool(gm, pad, modules, path, report):
     (pads, value), (k, s, p, d, ceil_mode, indices) = padding, pool_args
     name = _join(path, pool.target if pool.op == "call_module" else pool.name)
     if value != -math.inf:
-        report.skipped.append((name, f"max pool on {value:g} padding: a {value:g} can win the max"))
+        report.skipped.append((name, _finite_pad_reason(value)))
         return pool  # left as it is: not to be converted on its own
     k, s = _pair(k), _pair(s if s is not None else k)
     if _pair(p) != (0, 0) or _pair(d) != (1, 1) or ceil_mode or indices or not isinstance(k[0], int):
