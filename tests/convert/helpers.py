@@ -44,7 +44,10 @@ def train_step_matches(original, converted, x, tol=1e-4):
         out = model(x)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads.append({k: p.grad for k, p in model.named_parameters()})
-    for k, g in grads[0].items():  # (a conv bias before train-mode BN has a ~0 gradient)
-        assert (grads[1][k] - g).norm() <= tol * g.norm() + 1e-6, k
+    # A conv bias before train-mode BN has a zero gradient, computed as rounding noise:
+    # errors are measured against the largest gradient's scale too.
+    floor = 1e-5 * max(g.norm() for g in grads[0].values())
+    for k, g in grads[0].items():
+        assert (grads[1][k] - g).norm() <= tol * g.norm() + floor, k
     for (k, a), b in zip(original.state_dict().items(), converted.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6), k
