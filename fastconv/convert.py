@@ -305,7 +305,7 @@ def _is_pool(module):
 def _convert(module, path, shapes, report):
     if _is_pool(module):
         return _convert_pool(module, path, shapes, report)
-    if _is_fused(module) or next(module.children(), None) is None:  # done, or a leaf
+    if _is_fused(module) or _is_norm(module) or next(module.children(), None) is None:  # done, or a leaf
         return module
     if not isinstance(module, nn.Sequential):  # a Sequential is fused by position (below)
         gm = _trace_mode_independent(module)
@@ -349,6 +349,8 @@ def _keep_attributes(gm, module):
 def _trace_mode_independent(module):
     """module traced by torch.fx if it traces to the same graph in train and eval mode, else None."""
     modes = {m: m.training for m in module.modules()}
+    # Tracing runs the forward's Python: buffers it updates in place (BN's batch counter) are real.
+    buffers = [(b, b.clone()) for b in module.buffers()]
     try:
         graphs = []
         for training in (True, False):
@@ -359,6 +361,9 @@ def _trace_mode_independent(module):
     finally:
         for m, training in modes.items():
             m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     if graphs[0].code != graphs[1].code:
         return None
     gm = graphs[1]
