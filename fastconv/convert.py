@@ -55,15 +55,15 @@ _PAD_MODULES = (nn.ConstantPad2d, nn.ZeroPad2d)
 _LEAF_TYPES = (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d)
 
 
-def _timm(name):
-    """A class of timm.layers if the model's code has imported timm (never imported here)."""
-    layers = sys.modules.get("timm.layers")
-    return getattr(layers, name, None) if layers is not None else None
+_TIMM_CLASSES = {  # the timm layers the converter knows the forward of, by defining module
+    "Conv2dSame": "timm.layers.conv2d_same", "BatchNormAct2d": "timm.layers.norm_act",
+    "MaxPool2dSame": "timm.layers.pool2d_same", "AvgPool2dSame": "timm.layers.pool2d_same"}
 
 
-def _is_type(module, timm_name):
-    cls = _timm(timm_name)
-    return cls is not None and type(module) is cls
+def _is_type(module, timm_class):
+    """type(module) is that timm class (timm is looked up only if the model's code imported it)."""
+    defined_in = sys.modules.get(_TIMM_CLASSES[timm_class])
+    return defined_in is not None and type(module) is getattr(defined_in, timm_class, None)
 
 
 # --- what a layer provably computes -------------------------------------------------
@@ -405,7 +405,7 @@ def _rewrite(gm, path, shapes, report):
     for node in list(gm.graph.nodes):
         if node.graph is None or node.op != "call_module" or node in left:
             continue
-        module = modules.get(node.target)
+        module = gm.get_submodule(node.target)  # (modules added by the pad + pool rewrite too)
         name = _join(path, node.target)
         if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
             _rewrite_conv(gm, node, module, modules, calls, path, report)
