@@ -85,8 +85,8 @@ def _fused_convs(model):
     return fused
 
 
-def _eager_1x1_calls(model, x):
-    """How many dense 1x1 nn.Conv2d forwards an eval forward of `model` runs."""
+def _forward_counting_eager_1x1(model, x):
+    """(model(x), how many dense 1x1 nn.Conv2d forwards it ran)."""
     calls = [0]
 
     def hook(*_):
@@ -94,11 +94,10 @@ def _eager_1x1_calls(model, x):
     hooks = [m.register_forward_hook(hook) for m in model.modules() if _dense_1x1(m)]
     try:
         with torch.no_grad():
-            model(x)
+            return model(x), calls[0]
     finally:
         for h in hooks:
             h.remove()
-    return calls[0]
 
 
 def sweep_model(name, backend="torch", batch=2, progress=True):
@@ -113,8 +112,7 @@ def sweep_model(name, backend="torch", batch=2, progress=True):
     with torch.no_grad():
         ref = model(x)
         with fastconv.use_backend(backend):
-            out = converted(x)
-            eager_1x1 = _eager_1x1_calls(converted, x)
+            out, eager_1x1 = _forward_counting_eager_1x1(converted, x)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
     dense = {n for n, m in model.named_modules() if _dense_1x1(m)}
     counts = report.counts()
