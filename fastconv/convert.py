@@ -403,6 +403,9 @@ def _rewrite(gm, path, shapes, report):
         if node.graph is not None:
             left.add(_rewrite_padded_pool(gm, node, modules, path, report))
     for node in list(gm.graph.nodes):
+        if node.graph is not None and node not in left:
+            _rewrite_functional_pool(gm, node, path, shapes, report)
+    for node in list(gm.graph.nodes):
         if node.graph is None or node.op != "call_module" or node in left:
             continue
         module = gm.get_submodule(node.target)  # (modules added by the pad + pool rewrite too)
@@ -702,3 +705,34 @@ def _fuse_sequential(seq, path, report):
     if runs:
         seq.__class__ = _FusedSequential
         seq.__dict__["runs"] = runs
+
+
+def _rewrite_functional_pool(gm, node, path, shapes, report):
+    """F.max_pool2d / F.avg_pool2d with constant arguments: converted as the equivalent module."""
+    if node.op != "call_function":
+        return
+    if node.target is F.max_pool2d:
+        a = _call_args(node, ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                              "return_indices"), dict(stride=None, padding=0, dilation=1,
+                                                      ceil_mode=False, return_indices=False))
+        make = nn.MaxPool2d
+    elif node.target in (F.avg_pool2d, torch._C._nn.avg_pool2d):
+        a = _call_args(node, ("input", "kernel_size", "stride", "padding", "ceil_mode",
+                              "count_include_pad", "divisor_override"),
+                       dict(stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                            divisor_override=None))
+        make = nn.AvgPool2d
+    else:
+        return
+    x = a.pop("input")
+    if any(isinstance(v, fx.Node) for v in a.values()) or a["stride"] in ((), []):
+        return
+    pool = make(**a)
+    new = _convert_pool(pool, _join(path, node.name), shapes, report)
+    if new is not pool:
+        target = f"fastconv_{node.name}"
+        gm.add_submodule(target, new)
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(target, (x,))
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)

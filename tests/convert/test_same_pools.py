@@ -70,3 +70,29 @@ def test_inf_pad_then_max_pool(size, fused, monkeypatch):
 def test_same_pools_triton_interpreter():
     model = InfPaddedPools().eval()
     assert_same_function(model, fastconv.convert(model), torch.randn(1, 2, 6, 6), backend="triton")
+
+
+class FunctionalPools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)  # a module: the model is traced
+
+    def forward(self, x):
+        a = F.max_pool2d(self.conv(x), 3, stride=1, padding=1)  # SAME on every size
+        b = F.avg_pool2d(a, 3, 1, 1, count_include_pad=False)  # SAME on every size
+        c = F.avg_pool2d(b, kernel_size=3, stride=1, padding=1)  # counts the padding
+        return F.max_pool2d(c, 3, 2)  # SAME on some sizes only
+
+
+def test_functional_pools(monkeypatch):
+    model = FunctionalPools()
+    x = torch.randn(2, 3, 9, 8)
+    converted = fastconv.convert(model, example_input=x)
+    report = converted.fastconv_report
+    assert [(n, p) for n, p, _ in report.replaced] == [
+        ("max_pool2d", "max pool 3x3/1 (SAME)"), ("avg_pool2d", "avg pool 3x3/1 (SAME)")]
+    assert dict(report.skipped) == {"conv": "3x3 conv", "avg_pool2d_1": "avg pool counts the padding (count_include_pad=True)",
+                                    "max_pool2d_1": "SAME only for some input sizes: pass example_input"}
+    calls = count_op_calls(monkeypatch)
+    assert_same_function(model, converted, x)
+    assert calls == {"max_pool2d_same": 1, "avg_pool2d_same": 1}
