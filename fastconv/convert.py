@@ -115,7 +115,7 @@ def _fused_conv_norm_act(x, conv, norm, relu, act, residual=None):
         y = norm(y) if norm is not None else y
         return _add_relu(y, residual, relu)
     if residual is not None and not _residual_fits(x, conv, residual):
-        return _add_relu(_fused_conv_norm_act(x, conv, norm, relu and residual is None, act), residual, relu)
+        return _add_relu(_fused_conv_norm_act(x, conv, norm, False, act), residual, relu)
     if norm is None or fusion.bn_foldable(norm):
         y = fusion.conv1x1_bn_act(x, conv, norm, relu, residual)
         return act(y) if act is not None else y

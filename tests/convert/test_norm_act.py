@@ -81,3 +81,15 @@ def test_norm_act_by_position_in_an_untraceable_module():
         "1x1 conv + BN-act(SiLU)", "1x1 conv + BN-act(ReLU) + ReLU"]
     assert_same_function(model, converted, x)
     train_step_matches(model, fastconv.convert(model), x)
+
+
+@pytest.mark.parametrize("size", [(7, 7), (8, 6)])
+def test_timm_same_padded_1x1_conv_is_dense(size):
+    # create_conv2d(..., stride=2, padding='same') is timm's Conv2dSame: its dynamic SAME pad
+    # is zero for a 1x1 kernel on every size, so it is a dense 1x1 conv.
+    model = randomize_batchnorm(nn.Sequential(
+        timm_layers.create_conv2d(8, 16, 1, stride=2, padding="same"), nn.BatchNorm2d(16))).eval()
+    assert type(model[0]).__name__ == "Conv2dSame"
+    converted = fastconv.convert(model)
+    assert [p for _, p, _ in converted.fastconv_report.replaced] == ["1x1 conv + BN"]
+    assert_same_function(model, converted, torch.randn(2, 8, *size))
