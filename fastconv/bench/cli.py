@@ -18,7 +18,8 @@ def main(argv=None):
                         "torchvision/timm CNNs and checks them against eager")
     p.add_argument("--from-json", default=None, help="with 'plot': a result JSON written by --out")
     p.add_argument("--quick", action="store_true", help="a sub-minute subset")
-    p.add_argument("--model", nargs="+", default=None, choices=list(MODEL_TWINS) + list(ZOO))
+    p.add_argument("--model", nargs="+", default=None, choices=list(MODEL_TWINS) + list(ZOO), metavar="NAME",
+                   help="models: " + " ".join(MODEL_TWINS) + "; zoo: " + " ".join(ZOO))
     p.add_argument("--shapes", default="key", choices=["key", "models"],
                    help="ops: a few key shapes, or every distinct call of ResNet-50 and GoogLeNet")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES))

@@ -58,7 +58,7 @@ ZOO = {
     "timm/regnety_004": (_timm("regnety_004"), 64),
     "timm/mobilenetv3_small_100": (_timm("mobilenetv3_small_100"), 64),
     "timm/resnetv2_50x1_bit": (_timm("resnetv2_50x1_bit"), 64),
-    "timm/resnetv2_50 (stem 'same')": (_timm("resnetv2_50", stem_type="same"), 64),
+    "timm/resnetv2_50-stem_same": (_timm("resnetv2_50", stem_type="same"), 64),
 }
 QUICK = ["tv/resnet18", "timm/mobilenetv3_small_100"]
 
