@@ -586,7 +586,7 @@ def _rewrite_padded_pool(gm, pad, modules, path, report):
     return None
 
 
-def _convert_pool(pool, name, shapes, report):
+def _convert_pool(pool, name, shapes, report, unsized="SAME only for some input sizes: pass example_input"):
     if type(pool) not in (nn.MaxPool2d, nn.AvgPool2d):
         return _convert_timm_pool(pool, name, shapes, report)
     is_max = type(pool) is nn.MaxPool2d
@@ -611,7 +611,7 @@ def _convert_pool(pool, name, shapes, report):
             report.skipped.append((name, f"pool pads symmetrically: not SAME on {size[0]}x{size[1]}"))
             return pool
     elif not all(fusion.pool_is_same((s, s), **args, **check) for s in range(1, 65)):
-        report.skipped.append((name, "SAME only for some input sizes: pass example_input"))
+        report.skipped.append((name, unsized))
         return pool
     fused = FusedMaxPool2d(**args, dilation=pool.dilation) if is_max else \
         FusedAvgPool2d(**args, count_include_pad=pool.count_include_pad)
@@ -728,7 +728,8 @@ def _rewrite_functional_pool(gm, node, path, shapes, report):
     if any(isinstance(v, fx.Node) for v in a.values()) or a["stride"] in ((), []):
         return
     pool = make(**a)
-    new = _convert_pool(pool, _join(path, node.name), shapes, report)
+    new = _convert_pool(pool, _join(path, node.name), None, report,
+                        unsized="functional pool, SAME only for some input sizes (not recorded for functions)")
     if new is not pool:
         target = f"fastconv_{node.name}"
         gm.add_submodule(target, new)

@@ -92,7 +92,7 @@ def test_functional_pools(monkeypatch):
     assert [(n, p) for n, p, _ in report.replaced] == [
         ("max_pool2d", "max pool 3x3/1 (SAME)"), ("avg_pool2d", "avg pool 3x3/1 (SAME)")]
     assert dict(report.skipped) == {"conv": "3x3 conv", "avg_pool2d_1": "avg pool counts the padding (count_include_pad=True)",
-                                    "max_pool2d_1": "SAME only for some input sizes: pass example_input"}
+                                    "max_pool2d_1": "functional pool, SAME only for some input sizes (not recorded for functions)"}
     calls = count_op_calls(monkeypatch)
     assert_same_function(model, converted, x)
     assert calls == {"max_pool2d_same": 1, "avg_pool2d_same": 1}
