@@ -3,8 +3,12 @@ bench/results/2026-11-27-cpu-zoo/)."""
 import json
 
 import pytest
+import torch
 
-from fastconv import bench
+import fastconv
+from fastconv import bench, reference
+from fastconv.bench.zoo import ZOO
+from tests.conftest import gpu
 
 
 def test_zoo_level_on_one_small_model(tmp_path):
@@ -16,3 +20,21 @@ def test_zoo_level_on_one_small_model(tmp_path):
     assert row["residual adds fused"] > 0
     assert row["rel_err_vs_eager"] <= 1e-5
     assert "| timm/mobilenetv3_small_100 |" in (tmp_path / "zoo.md").read_text()
+
+
+@gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("name", ["timm/efficientnet_b0", "tv/resnet50"])
+def test_zoo_models_on_gpu_backends(name, backend):
+    """Converted zoo models on the GPU kernels: IEEE fp32 both sides (TF32 off in conftest)."""
+    if name.startswith("timm/"):
+        pytest.importorskip("timm")
+    build, size = ZOO[name]
+    model = reference.randomize_batchnorm(build()).eval().cuda()
+    x = torch.randn(4, 3, size, size, device="cuda")
+    converted = fastconv.convert(model, example_input=x)
+    with torch.no_grad():
+        ref = model(x)
+        with fastconv.use_backend(backend):
+            out = converted(x)
+    assert reference.rel_error(out, ref) < 1e-3  # 50 layers deep, as test_convert's GPU check
