@@ -134,10 +134,10 @@ def _add_relu(y, residual, relu):
 
 
 def _residual_fits(x, conv, residual):
-    """The residual is what the epilogue can add: the output's shape, dtype and device."""
+    """The residual is what the epilogue can add: a tensor of the output's shape, dtype and device."""
     s = conv.stride[0]
     shape = (x.shape[0], conv.out_channels, (x.shape[2] - 1) // s + 1, (x.shape[3] - 1) // s + 1)
-    return (tuple(residual.shape) == shape and residual.dtype == x.dtype
+    return (isinstance(residual, torch.Tensor) and tuple(residual.shape) == shape and residual.dtype == x.dtype
             and residual.device == x.device)
 
 
@@ -502,9 +502,9 @@ def _rewrite_add(gm, add, modules, path, report):
             if relu is not None:
                 gm.graph.erase_node(relu)
             gm.graph.erase_node(add)
-            report.replaced.append((_join(path, conv.target), ("relu(" if relu else "(") + "1x1 conv + BN + b)"
-                                    if module.bn is not None else ("relu(" if relu else "(") + "1x1 conv + b)",
-                                    "conv1x1_relu(residual=...)"))
+            summed = "1x1 conv + BN + b" if module.bn is not None else "1x1 conv + b"
+            pattern = f"relu({summed})" if relu is not None else f"({summed})"
+            report.replaced.append((_join(path, conv.target), pattern, "conv1x1_relu(residual=...)"))
             return
     if relu is None:
         report.skipped.append((_join(path, _site(add)), "add without ReLU after it"))
