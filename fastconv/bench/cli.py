@@ -9,14 +9,17 @@ from fastconv.bench.cases import DTYPES
 from fastconv.bench.models import MODEL_TWINS, run_models
 from fastconv.bench.ops import run_ops
 from fastconv.bench.report import environment, markdown, models_markdown, plot
+from fastconv.bench.zoo import QUICK as ZOO_QUICK, ZOO, run_zoo, zoo_markdown
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("level", nargs="?", default="ops", choices=["ops", "models", "all", "plot"],
-                   help="what to run; 'plot' draws PNGs from --from-json")
+    p.add_argument("level", nargs="?", default="ops", choices=["ops", "models", "all", "plot", "zoo"],
+                   help="what to run; 'plot' draws PNGs from --from-json; 'zoo' converts "
+                        "torchvision/timm CNNs and checks them against eager")
     p.add_argument("--from-json", default=None, help="with 'plot': a result JSON written by --out")
     p.add_argument("--quick", action="store_true", help="a sub-minute subset")
-    p.add_argument("--model", nargs="+", default=None, choices=list(MODEL_TWINS))
+    p.add_argument("--model", nargs="+", default=None, choices=list(MODEL_TWINS) + list(ZOO), metavar="NAME",
+                   help="models: " + " ".join(MODEL_TWINS) + "; zoo: " + " ".join(ZOO))
     p.add_argument("--shapes", default="key", choices=["key", "models"],
                    help="ops: a few key shapes, or every distinct call of ResNet-50 and GoogLeNet")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES))
@@ -56,6 +59,10 @@ def main(argv=None):
         result["model_rows"] = rows
         md += (f"\n# Models ({env['device']}, {dtypes[0]}, channels_last, batch {batch})\n\n"
                + models_markdown(rows))
+    if args.level == "zoo":
+        rows = run_zoo(args.model or (ZOO_QUICK if args.quick else None))
+        result["zoo_rows"] = rows
+        md += f"\n# fastconv.convert over the zoo ({env['device']}, fp32, torch backend)\n\n" + zoo_markdown(rows)
     print(md)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
