@@ -1,0 +1,178 @@
+"""The host path: BN folded once and never stale, the eager direct call, and the op count
+of a whole eval forward (TorchDispatchMode) against eager's."""
+import collections
+import copy
+
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastconv
+from fastconv import fusion, models, reference
+
+
+class ConvBN(nn.Module):
+    """A 1x1 conv + BN + ReLU (fused op) then a 3x3 conv + BN (conv_bn_act): both fold paths."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(5, 6, 1), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4, eps=1e-3)
+        for bn in (self.bn1, self.bn2):
+            reference.randomize_batchnorm(bn)
+
+    def forward(self, x):
+        y = fusion.conv1x1_bn_act(x, self.conv1, self.bn1, relu=True)
+        return fusion.conv_bn_act(y, self.conv2, self.bn2, relu=False)
+
+    def eager(self, x):
+        """The same function as plain layers, in float64."""
+        m = copy.deepcopy(self).double()
+        with torch.no_grad():
+            return m.bn2(m.conv2(torch.relu(m.bn1(m.conv1(x.double())))))
+
+
+@pytest.fixture
+def fold_count(monkeypatch):
+    """How many times BN has been folded since the test started."""
+    calls = collections.Counter()
+    real = fusion.fold_bn
+
+    def counting(*args):
+        calls["folds"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(fusion, "fold_bn", counting)
+    return calls
+
+
+def _check_fresh(model, x, what):
+    with torch.no_grad():
+        out = model(x)
+    err = reference.rel_error(out, model.eager(x))
+    tol = 1e-13 if x.dtype == torch.float64 else 1e-5
+    assert err < tol, f"stale or wrong fold after {what}: relative error {err:.2e}"
+
+
+def test_fold_is_computed_once_and_kept_out_of_state_dict(fold_count):
+    model, x = ConvBN().eval(), torch.randn(2, 5, 6, 6)
+    _check_fresh(model, x, "the first call")
+    assert fold_count["folds"] == 2
+    for _ in range(3):
+        _check_fresh(model, x, "a repeated call")
+    assert fold_count["folds"] == 2
+    entry = model.conv1.__dict__[fusion._FOLD_ATTR]
+    assert entry.weight.grad_fn is None and not entry.weight.requires_grad  # no graph kept
+    assert set(model.state_dict()) == set(ConvBN().state_dict())
+    assert copy.deepcopy(model).conv1.__dict__[fusion._FOLD_ATTR] is None  # copies carry no cache
+
+
+@pytest.mark.parametrize("source", ["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias",
+                                    "bn1.running_mean", "bn1.running_var", "conv2.weight",
+                                    "bn2.running_var"])
+def test_in_place_edit_of_any_source_refolds(source):
+    model, x = ConvBN().eval(), torch.randn(2, 5, 6, 6)
+    _check_fresh(model, x, "the first call")
+    t = model.get_parameter(source) if "running" not in source else model.get_buffer(source)
+    with torch.no_grad():
+        t.mul_(1.5).add_(0.25)
+    _check_fresh(model, x, f"an in-place edit of {source}")
+
+
+def test_load_state_dict_copy_and_assign_refold():
+    model, x = ConvBN().eval(), torch.randn(2, 5, 6, 6)
+    _check_fresh(model, x, "the first call")
+    model.load_state_dict(ConvBN().state_dict())
+    _check_fresh(model, x, "load_state_dict")
+    model.load_state_dict(ConvBN().state_dict(), assign=True)
+    _check_fresh(model, x, "load_state_dict(assign=True)")
+
+
+def test_train_forward_then_eval_refolds():
+    """A train-mode forward updates the running statistics in place without bumping their
+    version; nn.BatchNorm's num_batches_tracked does, and is a source of the fold."""
+    model, x = ConvBN().eval(), torch.randn(2, 5, 6, 6)
+    _check_fresh(model, x, "the first call")
+    model.train()
+    model(torch.randn(4, 5, 6, 6) * 3 + 1)
+    model.eval()
+    _check_fresh(model, x, "train(), a train-mode forward, eval()")
+    model.bn1.eps = 0.5
+    _check_fresh(model, x, "a new eps")
+
+
+def test_dtype_moves_refold():
+    """.double() and a .half() / .float() round trip: same Parameter objects, new storage
+    (the round trip rounds the weights, so a fold from before would be stale)."""
+    model = ConvBN().eval()
+    _check_fresh(model, torch.randn(2, 5, 6, 6), "the first call")
+    model.double()
+    _check_fresh(model, torch.randn(2, 5, 6, 6, dtype=torch.float64), ".double()")
+    model.half().float()
+    _check_fresh(model, torch.randn(2, 5, 6, 6), ".half().float()")
+
+
+@pytest.mark.gpu
+def test_device_moves_refold():
+    model, x = ConvBN().eval(), torch.randn(2, 5, 6, 6)
+    _check_fresh(model, x, "the first call")
+    model.cuda()
+    with torch.no_grad():
+        model.bn1.running_mean.add_(1.0)
+    with torch.no_grad():
+        out = model(x.cuda())
+    assert reference.rel_error(out, model.eager(x.cuda())) < 1e-5
+    model.cpu()
+    _check_fresh(model, x, ".cpu()")
+
+
+def test_float64_fold_is_float64():
+    model, x = ConvBN().double().eval(), torch.randn(2, 5, 6, 6, dtype=torch.float64)
+    _check_fresh(model, x, "a float64 fold")  # 1e-13: a float32 fold would give ~1e-7
+
+
+def test_eval_forward_with_grad_differentiates_through_the_fold(fold_count):
+    """Grad mode on and parameters requiring grad: the fold is recomputed with its graph
+    (not cached), so the conv's and BN's parameters get their gradients."""
+    model, x = ConvBN().eval(), torch.randn(2, 5, 6, 6)
+    eager = copy.deepcopy(model)
+    model(x).square().sum().backward()
+    eager.bn2(eager.conv2(torch.relu(eager.bn1(eager.conv1(x))))).square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        assert reference.rel_error(p.grad, q.grad) < 1e-5, name
+    assert fusion._FOLD_ATTR not in model.conv1.__dict__
+    # parameters frozen, input requiring grad: the cached fold serves (no graph needed)
+    model.requires_grad_(False)
+    xg = x.clone().requires_grad_(True)
+    with torch.inference_mode():  # a fold made in inference mode must serve grad mode too
+        model(x)
+    folds = fold_count["folds"]
+    model(xg).sum().backward()
+    assert fold_count["folds"] == folds and xg.grad is not None
+
+
+def _converted_resnet():
+    torch.manual_seed(0)
+    eager = reference.randomize_batchnorm(tvm.resnet18(num_classes=10)).eval()
+    return eager, fastconv.convert(eager, example_input=torch.randn(1, 3, 32, 32))
+
+
+def test_converted_and_model_folds_are_cached_and_fresh(fold_count):
+    eager, converted = _converted_resnet()
+    ours = models.resnet18(num_classes=10)
+    ours.load_state_dict(eager.state_dict())
+    ours.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for model in (converted, ours):
+            model(x)
+            folds = fold_count["folds"]
+            model(x)
+            assert fold_count["folds"] == folds, f"{type(model).__name__} refolded"
+        for m in (converted, ours, eager):
+            m.get_buffer("layer2.0.downsample.1.running_var").mul_(2)
+            m.get_parameter("layer2.0.conv1.weight").mul_(0.5)  # a 3x3 conv's fold too
+        for model in (converted, ours):
+            assert reference.rel_error(model(x), eager(x)) < 1e-5, type(model).__name__
