@@ -4,6 +4,7 @@ Shared by the reference architectures (fastconv.models) and the converter
 (fastconv.convert): BatchNorm folding, the 1x1-conv check, and the exact
 condition under which an nn.MaxPool2d / nn.AvgPool2d computes SAME pooling.
 """
+import functools
 import math
 
 import torch
@@ -153,7 +154,14 @@ def pool_is_same(size_hw, kernel_size, stride, padding, ceil_mode, is_max=True,
     inputs of spatial size `size_hw`: the same windows at the same positions, and
     (average) no padded cell counted."""
     pair = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v))
-    ks, ss, ps, ds = pair(kernel_size), pair(stride or kernel_size), pair(padding), pair(dilation)
+    args = (tuple(size_hw), pair(kernel_size), pair(stride or kernel_size), pair(padding),
+            ceil_mode, is_max, count_include_pad, pair(dilation))
+    if torch.compiler.is_compiling() or not all(type(v) is int for v in args[0]):
+        return _pool_is_same(*args)  # traced, or symbolic sizes: computed, not cached
+    return _pool_is_same_cached(*args)
+
+
+def _pool_is_same(size_hw, ks, ss, ps, ceil_mode, is_max, count_include_pad, ds):
     if ds != (1, 1):
         return False
     (_, _, same_before), same_out, _ = same_geometry(*size_hw, ks, ss)
@@ -164,3 +172,7 @@ def pool_is_same(size_hw, kernel_size, stride, padding, ceil_mode, is_max=True,
         if not is_max and p > 0 and count_include_pad:
             return False
     return True
+
+
+# The fused pool modules ask on every call; a network has a few dozen pool shapes.
+_pool_is_same_cached = functools.lru_cache(maxsize=1024)(_pool_is_same)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 from torch import nn
+from torchvision.models import resnet as tv_resnet
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastconv
@@ -153,17 +154,18 @@ def test_eval_forward_with_grad_differentiates_through_the_fold(fold_count):
     assert fold_count["folds"] == folds and xg.grad is not None
 
 
-def _converted_resnet():
+def _small_resnets():
+    """(eager, converted, fastconv.models) ResNets of one BasicBlock per stage, equal weights."""
     torch.manual_seed(0)
-    eager = reference.randomize_batchnorm(tvm.resnet18(num_classes=10)).eval()
-    return eager, fastconv.convert(eager, example_input=torch.randn(1, 3, 32, 32))
+    eager = reference.randomize_batchnorm(tv_resnet.ResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], num_classes=10))
+    ours = models.resnet._resnet(models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10)
+    ours.load_state_dict(eager.state_dict())
+    eager.eval(), ours.eval()
+    return eager, fastconv.convert(eager, example_input=torch.randn(1, 3, 32, 32)), ours
 
 
 def test_converted_and_model_folds_are_cached_and_fresh(fold_count):
-    eager, converted = _converted_resnet()
-    ours = models.resnet18(num_classes=10)
-    ours.load_state_dict(eager.state_dict())
-    ours.eval()
+    eager, converted, ours = _small_resnets()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         for model in (converted, ours):
