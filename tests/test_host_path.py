@@ -178,3 +178,147 @@ def test_converted_and_model_folds_are_cached_and_fresh(fold_count):
             m.get_parameter("layer2.0.conv1.weight").mul_(0.5)  # a 3x3 conv's fold too
         for model in (converted, ours):
             assert reference.rel_error(model(x), eager(x)) < 1e-5, type(model).__name__
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the top-level ops an eager forward dispatches (what reaches the Python
+    dispatch mode: fastconv's custom ops count once each, their insides not at all)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _steady_state_ops(model, x):
+    with torch.no_grad():
+        model(x)  # the first forward folds
+        with OpCounter() as counter:
+            model(x)
+    return counter.ops
+
+
+@pytest.mark.parametrize("name,size", [("resnet50", 32), ("googlenet", 64)])
+def test_eval_forward_dispatches_at_most_065x_eager_ops_and_no_fold(name, size):
+    """The issue's target: top-level ops per steady-state eval forward <= 0.65x eager's, for
+    fastconv.models and for fastconv.convert of the torchvision model, none of them a fold."""
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    eager = getattr(tvm, name)(weights=None, **kwargs).eval()
+    x = torch.randn(1, 3, size, size)
+    eager_ops = _steady_state_ops(eager, x)
+    ours = getattr(models, name)(**({"aux_logits": False} if name == "googlenet" else {})).eval()
+    for what, model in [("models", ours), ("convert", fastconv.convert(eager, example_input=x))]:
+        ops = _steady_state_ops(model, x)
+        ratio = sum(ops.values()) / sum(eager_ops.values())
+        assert ratio <= 0.65, f"{name} ({what}): {sum(ops.values())} ops vs eager's {sum(eager_ops.values())}"
+        folds = {op: n for op, n in ops.items() if op.split(".")[-1] in ("rsqrt", "mul", "_to_copy", "add")}
+        assert not folds, f"{name} ({what}) refolds per forward: {folds}"
+
+
+def test_direct_path_skips_the_custom_op_only_when_nothing_needs_it(monkeypatch):
+    """No grad: the implementation runs directly. An input requiring grad, or a dispatch
+    mode watching: the custom op runs (autograd, tracing and counters see it)."""
+    from fastconv.ops import conv1x1, pool_same, residual
+    calls = collections.Counter()
+    for module, name in [(conv1x1, "conv1x1_relu_op"), (residual, "residual_add_op"),
+                         (pool_same, "max_pool2d_same_op")]:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, (lambda real, name: lambda *a: calls.update([name]) or real(*a))(real, name))
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 4, 1, 1)
+
+    def run(x, w):
+        y = fastconv.conv1x1_relu(x, w)
+        return fastconv.max_pool2d_same(fastconv.residual_add(y, x), 3, 2)
+
+    with torch.no_grad():
+        direct = run(x, w)
+    assert not calls
+    assert torch.equal(direct, run(x, w))  # grad mode on, nothing requires grad: direct too
+    assert not calls
+    out = run(x, w.requires_grad_())
+    assert calls["conv1x1_relu_op"] == 1 and torch.equal(out, direct) and out.grad_fn is not None
+    with torch.no_grad(), OpCounter() as counter:
+        run(x, w)
+    assert {"fastconv.conv1x1_relu", "fastconv.residual_add", "fastconv.max_pool2d_same"} <= set(counter.ops)
+
+
+def test_direct_path_still_names_bad_arguments():
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="input channels"):
+            fastconv.conv1x1_relu(x, torch.randn(3, 5, 1, 1))
+        with pytest.raises(TypeError, match="bias has dtype"):
+            fastconv.conv1x1_relu(x, torch.randn(3, 4, 1, 1), torch.randn(3, dtype=torch.float64))
+        with pytest.raises(ValueError, match="residual must have"):
+            fastconv.conv1x1_relu(x, torch.randn(3, 4), residual=x)
+        with pytest.raises(ValueError, match="residual must have x's shape"):
+            fastconv.residual_add(x, x[:, :2])
+        with pytest.raises(ValueError, match="4-D"):
+            fastconv.max_pool2d_same(x[0], 3)
+
+
+def _step(model, x, compile_backend=None):
+    """Output and parameter gradients (grad mode on) of model(x), eager or under
+    torch.compile(fullgraph=True, backend=compile_backend)."""
+    run = model
+    if compile_backend is not None:
+        torch._dynamo.reset()
+        run = torch.compile(model, backend=compile_backend, fullgraph=True)
+    out = run(x)
+    if not torch.is_grad_enabled():
+        return out, {}
+    out.square().mean().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out, grads
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_compile_fullgraph_models_and_converted(mode):
+    """torch.compile(fullgraph=True) of a fastconv.models ResNet and of a converted one: no
+    graph break from fastconv (the fold is traced into the graph), eager's numbers and grads."""
+    eager, converted, ours = _small_resnets()
+    x = torch.randn(2, 3, 16, 16)
+    for model in (ours, converted):
+        model.train(mode == "train")
+        snapshot = copy.deepcopy(model.state_dict())  # train mode updates running statistics
+        ref_out, ref_grads = _step(model, x)
+        model.load_state_dict(snapshot)
+        out, grads = _step(model, x, "aot_eager")
+        assert reference.rel_error(out, ref_out) < 1e-5, type(model).__name__
+        for k, g in grads.items():
+            assert reference.rel_error(g, ref_grads[k]) < 1e-4, k
+
+
+def test_compile_inductor_small_model_eval():
+    """Inductor (the default backend) on a small fastconv model in eval: both fold paths."""
+    model, x = ConvBN().eval(), torch.randn(1, 5, 6, 6)
+    with torch.no_grad():
+        out, _ = _step(model, x, "inductor")
+        assert reference.rel_error(out, model(x)) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("how", ["reduce-overhead", "cuda-graph"])
+def test_cuda_graphs_of_a_fastconv_model(how):
+    """mode="reduce-overhead" and a hand-captured CUDA graph replay the fastconv model's
+    eval forward (Triton backend) with eager's result."""
+    torch.manual_seed(0)
+    model = reference.randomize_batchnorm(models.resnet50(num_classes=10)).cuda().eval()
+    x = torch.randn(4, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        ref = model(x)
+        if how == "reduce-overhead":
+            torch._dynamo.reset()
+            compiled = torch.compile(model, mode="reduce-overhead")
+            for _ in range(3):
+                out = compiled(x)
+        else:
+            from fastconv.bench.timing import cuda_graphed
+            out = cuda_graphed(model, x)()
+        torch.cuda.synchronize()
+    assert reference.rel_error(out, ref) < 1e-4

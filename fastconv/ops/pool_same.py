@@ -22,9 +22,9 @@ def same_geometry(H, W, kernel_size, stride):
     """(geometry, output size, total padding): geometry = ((kh, kw), (sh, sw), (pad_top,
     pad_left)) as the kernels take it, output size (OH, OW), total padding (rows, columns)."""
     args = (H, W, tuple(kernel_size), tuple(stride))
-    if type(H) is int and type(W) is int:  # not symbolic sizes (unhashable) under tracing
-        return _same_geometry_cached(*args)
-    return _same_geometry(*args)
+    if torch.compiler.is_compiling() or type(H) is not int or type(W) is not int:
+        return _same_geometry(*args)  # traced, or symbolic sizes (unhashable): not cached
+    return _same_geometry_cached(*args)
 
 
 def _same_geometry(H, W, kernel_size, stride):
