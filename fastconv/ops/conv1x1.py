@@ -6,7 +6,7 @@ projection shortcut). An optional `residual` is added in the epilogue too: the e
 of a ResNet bottleneck (conv3 + BN + add + ReLU) in one kernel, saving the residual
 add's separate pass (write and re-read the conv output). Backward: the ReLU mask and
 the bias gradient are one fused kernel (the residual's gradient is that masked
-gradient); the input and weight gradients are torch matmuls.
+gradient); the input and weight gradients are PyTorch's convolution backward.
 """
 from typing import Optional
 
@@ -148,20 +148,17 @@ def _backward(ctx, grad):
         grad, bias_grad = relu_bias_backward_op(grad, out if ctx.relu else grad, ctx.relu)
     elif ctx.relu:
         grad = relu_backward_op(grad, out)
-    s = ctx.stride
-    cout, cin = weight.shape[:2]
-    g = grad.permute(0, 2, 3, 1)  # [N, OH, OW, Cout]: pixels x output channels
     x_grad = weight_grad = None
-    if need_x:
-        x_sub_grad = (g @ weight.reshape(cout, cin)).permute(0, 3, 1, 2)
-        if s == 1:
-            x_grad = x_sub_grad
-        else:  # a strided 1x1 conv never reads the skipped pixels: their gradient is 0
-            x_grad = torch.zeros_like(x)
-            x_grad[:, :, ::s, ::s] = x_sub_grad
-    if need_w:
-        x_sub = x[:, :, ::s, ::s].permute(0, 2, 3, 1).reshape(-1, cin)
-        weight_grad = (g.reshape(-1, cout).t() @ x_sub).reshape(weight.shape)
+    if need_x or need_w:
+        # Both gradients in one call of PyTorch's convolution backward (cuDNN on a GPU, as
+        # eager's): a strided conv's input gradient comes back with its zeros written by the
+        # conv library (no zeros_like + scatter), and grad and x are read in their own layouts
+        # (no permutes to pixel-major copies).
+        w4 = weight if weight.dim() == 4 else weight[:, :, None, None]
+        s = ctx.stride
+        x_grad, w4_grad, _ = torch.ops.aten.convolution_backward(
+            grad, x, w4, None, [s, s], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False])
+        weight_grad = None if w4_grad is None else w4_grad.reshape(weight.shape)
     return x_grad, weight_grad, bias_grad, None, None, grad if need_r else None
 
 
