@@ -9,6 +9,7 @@ padding). Every window holds at least one real cell: pad_total <= k - 1 because
 (out - 1) * stride < in.
 """
 import functools
+import math
 from typing import List
 
 import torch
@@ -53,7 +54,7 @@ def _torch_pool(x, kernel_size, stride, is_max, grad=None):
     geometry, _, (pad_h, pad_w) = same_geometry(x.shape[2], x.shape[3], kernel_size, stride)
     (pt, pl) = geometry[2]
     pads = (pl, pad_w - pl, pt, pad_h - pt)
-    padded = F.pad(x, pads, value=float("-inf") if is_max else 0.0)
+    padded = F.pad(x, pads, value=-math.inf if is_max else 0.0)
     if is_max:
         if grad is None:
             return F.max_pool2d(padded, kernel_size, stride)
