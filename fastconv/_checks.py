@@ -26,6 +26,8 @@ def check_same(t, ref, name, ref_name):
 
 def pair(v, name):
     """An int or a pair of ints, each >= 1, as a list of two ints."""
+    if type(v) is int and v > 0:  # the common case first: asked on every pool call
+        return [v, v]
     vals = [v, v] if isinstance(v, int) else list(v) if isinstance(v, (list, tuple)) else [v]
     if len(vals) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in vals):
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")

@@ -64,6 +64,10 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=
                 calls["compile"] = (lambda f: lambda: f(x))(torch.compile(eager))
                 for backend in [b for b in ("triton", "cuda") if b in fastconv.available_backends()]:
                     calls[backend] = (lambda b: lambda: on_backend(b, ours, (x,)))(backend)
+                # the fastconv model under torch.compile (default mode; the ops stay opaque
+                # custom ops, BN folded inside the graph), beside "compile" of the eager model
+                calls["triton+compile"] = (lambda f: lambda: on_backend("triton", f, (x,)))(
+                    torch.compile(ours))
                 calls["eager+graph"] = cuda_graphed(eager, x)
                 calls["triton+graph"] = cuda_graphed(lambda t: on_backend("triton", ours, (t,)), x)
             else:

@@ -11,13 +11,15 @@ On fastconv ops:
     3x3/1 pad 1): all exactly SAME pooling;
   - each aux head's fc1 + ReLU (a 1x1 conv over a 1x1 image).
 The 7x7 and 3x3 convolutions (torchvision's "5x5" branch is a 3x3, its issue #906)
-and the head are PyTorch's.
+and the head are PyTorch's; in eval mode the BN after each of them is folded into its
+weights (one convolution). Every fold is computed once and cached until a parameter or
+statistic changes (fastconv.fusion.folded).
 """
 import importlib
 
 from torch import nn
 
-from fastconv.fusion import conv1x1_bn_act
+from fastconv.fusion import conv1x1_bn_act, conv_bn_act
 from fastconv.nn import FusedMaxPool2d, LinearReLU
 
 tv = importlib.import_module("torchvision.models.googlenet")  # the module, not the function
@@ -27,7 +29,7 @@ class BasicConv2d(tv.BasicConv2d):
     def forward(self, x):
         if self.conv.kernel_size == (1, 1):
             return conv1x1_bn_act(x, self.conv, self.bn, relu=True)
-        return super().forward(x)
+        return conv_bn_act(x, self.conv, self.bn, relu=True)
 
 
 class Inception(tv.Inception):

@@ -10,12 +10,16 @@ dicts load strictly. On fastconv ops:
     epilogue (conv3 + bn3 + add + ReLU in one kernel); otherwise residual_add;
   - the stem max pool wherever its geometry equals SAME (odd input sizes; on even
     sizes it pads symmetrically and runs on PyTorch's kernel).
-The 3x3 and 7x7 convolutions, BN after them, and the head are PyTorch's.
+The 3x3 and 7x7 convolutions and the head are PyTorch's; in eval mode the BN after each of
+them is folded into its weights (one convolution, as deployment tools run it).
+Every fold is computed once and cached until a parameter or statistic changes
+(fastconv.fusion.folded).
 """
+import torch
 from torchvision.models import resnet as tv
 
 from fastconv import ops
-from fastconv.fusion import conv1x1_bn_act
+from fastconv.fusion import conv1x1_bn_act, conv_bn_act
 from fastconv.nn import FusedMaxPool2d
 
 
@@ -28,15 +32,15 @@ def _shortcut(block, x):
 
 class BasicBlock(tv.BasicBlock):
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = conv_bn_act(x, self.conv1, self.bn1, relu=True)
+        out = conv_bn_act(out, self.conv2, self.bn2, relu=False)
         return ops.residual_add(out, _shortcut(self, x))
 
 
 class Bottleneck(tv.Bottleneck):
     def forward(self, x):
         out = conv1x1_bn_act(x, self.conv1, self.bn1, relu=True)
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = conv_bn_act(out, self.conv2, self.bn2, relu=True)
         return conv1x1_bn_act(out, self.conv3, self.bn3, relu=True, residual=_shortcut(self, x))
 
 
@@ -48,12 +52,21 @@ class PlainBlock(tv.BasicBlock):
         self.downsample = None  # no projection either: nothing is added
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)))
+        out = conv_bn_act(x, self.conv1, self.bn1, relu=True)
+        return conv_bn_act(out, self.conv2, self.bn2, relu=True)
+
+
+class ResNet(tv.ResNet):
+    """torchvision's ResNet whose stem conv + BN + ReLU runs as conv_bn_act."""
+
+    def _forward_impl(self, x):
+        x = self.maxpool(conv_bn_act(x, self.conv1, self.bn1, relu=True))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def _resnet(block, layers, num_classes):
-    model = tv.ResNet(block, layers, num_classes=num_classes)
+    model = ResNet(block, layers, num_classes=num_classes)
     model.maxpool = FusedMaxPool2d(kernel_size=3, stride=2, padding=1)
     return model
 

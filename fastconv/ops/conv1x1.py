@@ -6,7 +6,7 @@ projection shortcut). An optional `residual` is added in the epilogue too: the e
 of a ResNet bottleneck (conv3 + BN + add + ReLU) in one kernel, saving the residual
 add's separate pass (write and re-read the conv output). Backward: the ReLU mask and
 the bias gradient are one fused kernel (the residual's gradient is that masked
-gradient); the input and weight gradients are torch matmuls.
+gradient); the input and weight gradients are PyTorch's convolution backward.
 """
 from typing import Optional
 
@@ -18,6 +18,28 @@ from fastconv import _backend, _checks, _tuning
 
 
 def _check(x, weight, bias, stride, residual=None):
+    if not _well_formed(x, weight, bias, stride, residual):
+        _explain(x, weight, bias, stride, residual)
+
+
+def _well_formed(x, weight, bias, stride, residual):
+    """The common case, accepted in ~1 us (each tensor attribute read costs ~0.1 us);
+    anything else goes through _explain, which names what is wrong."""
+    if type(stride) is not int or stride <= 0 or x.dim() != 4:
+        return False
+    dtype, device, ws = x.dtype, x.device, weight.shape
+    if dtype not in _checks.FLOAT_DTYPES or weight.dtype != dtype or weight.device != device:
+        return False
+    if not (len(ws) == 2 or (len(ws) == 4 and ws[2] == 1 and ws[3] == 1)) or ws[1] != x.shape[1]:
+        return False
+    if bias is not None and (bias.dtype != dtype or bias.device != device or bias.shape != ws[:1]):
+        return False
+    return residual is None or (residual.dtype == dtype and residual.device == device
+                                and tuple(residual.shape) == _out_shape(x, weight, stride))
+
+
+def _explain(x, weight, bias, stride, residual):
+    """Raise the error that names the bad argument."""
     _checks.check_tensor(x, "x", ndim=4)
     _checks.check_tensor(weight, "weight", ndim=(2, 4))
     _checks.check_same(weight, x, "weight", "x")
@@ -46,12 +68,11 @@ def _out_shape(x, weight, stride):
     return (N, weight.shape[0], (H - 1) // stride + 1, (W - 1) // stride + 1)
 
 
-@torch.library.custom_op("fastconv::conv1x1_relu", mutates_args=())
-def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                    stride: int = 1, relu: bool = True, residual: Optional[Tensor] = None) -> Tensor:
-    _check(x, weight, bias, stride, residual)
+def _forward(x, weight, bias, stride, relu, residual):
+    """The op's work on checked arguments: the custom op's implementation, and the whole of
+    an eager call that needs no autograd or tracing (conv1x1_relu's direct path)."""
     backend = _backend.resolve(x.device, "conv1x1_relu",
-                               key=_tuning.conv_key(x, weight, stride, relu, residual))
+                               key=lambda: _tuning.conv_key(x, weight, stride, relu, residual))
     if backend == "torch":
         w4 = weight if weight.dim() == 4 else weight[:, :, None, None]
         if residual is None:
@@ -60,13 +81,21 @@ def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
             up = (lambda t: t if t is None or t.element_size() >= 4 else t.float())
             y = F.conv2d(up(x), up(w4), up(bias), stride).add_(residual).to(x.dtype)
         y = y.relu_() if relu else y
-        # a no-op unless the conv library chose another layout than the rule for x
-        return y.contiguous(memory_format=_checks.out_memory_format(x))
+        # a copy only if the conv library chose another layout than the rule for x
+        layout = _checks.out_memory_format(x)
+        return y if y.is_contiguous(memory_format=layout) else y.contiguous(memory_format=layout)
     out = _checks.empty_like_layout(x, _out_shape(x, weight, stride))
     # float32 follows PyTorch's convolution flag, as eager cuDNN does
     _backend.launchers(backend).conv1x1(x, weight, bias, out, stride, relu,
                                         torch.backends.cudnn.allow_tf32, residual)
     return out
+
+
+@torch.library.custom_op("fastconv::conv1x1_relu", mutates_args=())
+def conv1x1_relu_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                    stride: int = 1, relu: bool = True, residual: Optional[Tensor] = None) -> Tensor:
+    _check(x, weight, bias, stride, residual)
+    return _forward(x, weight, bias, stride, relu, residual)
 
 
 @conv1x1_relu_op.register_fake
@@ -79,7 +108,7 @@ def _(x, weight, bias=None, stride=1, relu=True, residual=None):
 def relu_bias_backward_op(grad: Tensor, out: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
     """(g, bias_grad): g = grad masked where out <= 0 (if relu), bias_grad = g summed over N, H, W."""
     backend = _backend.resolve(grad.device, "relu_bias_backward",
-                               key=_tuning.tensor_key(grad) + (bool(relu),))
+                               key=lambda: _tuning.tensor_key(grad) + (bool(relu),))
     g = _checks.empty_like_layout(out, out.shape)
     acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
     if backend == "torch":
@@ -121,20 +150,17 @@ def _backward(ctx, grad):
         grad, bias_grad = relu_bias_backward_op(grad, out if ctx.relu else grad, ctx.relu)
     elif ctx.relu:
         grad = relu_backward_op(grad, out)
-    s = ctx.stride
-    cout, cin = weight.shape[:2]
-    g = grad.permute(0, 2, 3, 1)  # [N, OH, OW, Cout]: pixels x output channels
     x_grad = weight_grad = None
-    if need_x:
-        x_sub_grad = (g @ weight.reshape(cout, cin)).permute(0, 3, 1, 2)
-        if s == 1:
-            x_grad = x_sub_grad
-        else:  # a strided 1x1 conv never reads the skipped pixels: their gradient is 0
-            x_grad = torch.zeros_like(x)
-            x_grad[:, :, ::s, ::s] = x_sub_grad
-    if need_w:
-        x_sub = x[:, :, ::s, ::s].permute(0, 2, 3, 1).reshape(-1, cin)
-        weight_grad = (g.reshape(-1, cout).t() @ x_sub).reshape(weight.shape)
+    if need_x or need_w:
+        # Both gradients in one call of PyTorch's convolution backward (cuDNN on a GPU, as
+        # eager's): a strided conv's input gradient comes back with its zeros written by the
+        # conv library (no zeros_like + scatter), and grad and x are read in their own layouts
+        # (no permutes to pixel-major copies).
+        w4 = weight if weight.dim() == 4 else weight[:, :, None, None]
+        s = ctx.stride
+        x_grad, w4_grad, _ = torch.ops.aten.convolution_backward(
+            grad, x, w4, None, [s, s], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False])
+        weight_grad = None if w4_grad is None else w4_grad.reshape(weight.shape)
     return x_grad, weight_grad, bias_grad, None, None, grad if need_r else None
 
 
@@ -154,5 +180,8 @@ def conv1x1_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and type(stride) is int
             and (bias is None or isinstance(bias, Tensor))
             and (residual is None or isinstance(residual, Tensor))):
-        _check(x, weight, bias, stride, residual)  # our TypeError/ValueError, not the schema's
+        _explain(x, weight, bias, stride, residual)  # our TypeError/ValueError, not the schema's
+    if _backend.eager_direct(x, weight, bias, residual):  # checked once: here or in the op
+        _check(x, weight, bias, stride, residual)
+        return _forward(x, weight, bias, stride, relu, residual)
     return conv1x1_relu_op(x, weight, bias, stride, relu, residual)

@@ -8,6 +8,8 @@ window. PyTorch has neither (its pools pad symmetrically and average counts the
 padding). Every window holds at least one real cell: pad_total <= k - 1 because
 (out - 1) * stride < in.
 """
+import functools
+import math
 from typing import List
 
 import torch
@@ -20,12 +22,23 @@ from fastconv import _backend, _checks, _tuning
 def same_geometry(H, W, kernel_size, stride):
     """(geometry, output size, total padding): geometry = ((kh, kw), (sh, sw), (pad_top,
     pad_left)) as the kernels take it, output size (OH, OW), total padding (rows, columns)."""
+    args = (H, W, tuple(kernel_size), tuple(stride))
+    if torch.compiler.is_compiling() or type(H) is not int or type(W) is not int:
+        return _same_geometry(*args)  # traced, or symbolic sizes (unhashable): not cached
+    return _same_geometry_cached(*args)
+
+
+def _same_geometry(H, W, kernel_size, stride):
     out, pads = [], []
     for size, k, s in zip((H, W), kernel_size, stride):
         o = -(-size // s)
         out.append(o)
         pads.append(max((o - 1) * s + k - size, 0))
-    return (tuple(kernel_size), tuple(stride), (pads[0] // 2, pads[1] // 2)), tuple(out), pads
+    return (kernel_size, stride, (pads[0] // 2, pads[1] // 2)), tuple(out), tuple(pads)
+
+
+# a network has a few dozen pool shapes, and the geometry is asked on every call
+_same_geometry_cached = functools.lru_cache(maxsize=1024)(_same_geometry)
 
 
 def _check(x, kernel_size, stride):
@@ -41,12 +54,13 @@ def _torch_pool(x, kernel_size, stride, is_max, grad=None):
     geometry, _, (pad_h, pad_w) = same_geometry(x.shape[2], x.shape[3], kernel_size, stride)
     (pt, pl) = geometry[2]
     pads = (pl, pad_w - pl, pt, pad_h - pt)
-    padded = F.pad(x, pads, value=float("-inf") if is_max else 0.0)
+    padded = F.pad(x, pads, value=-math.inf if is_max else 0.0)
     if is_max:
+        if grad is None:
+            return F.max_pool2d(padded, kernel_size, stride)
         y, idx = F.max_pool2d(padded, kernel_size, stride, return_indices=True)
-        if grad is not None:
-            g = torch.ops.aten.max_pool2d_with_indices_backward(
-                grad, padded, kernel_size, stride, [0, 0], [1, 1], False, idx)
+        g = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, padded, kernel_size, stride, [0, 0], [1, 1], False, idx)
     else:
         ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
         count = F.avg_pool2d(F.pad(ones, pads), kernel_size, stride, divisor_override=1)
@@ -60,12 +74,13 @@ def _torch_pool(x, kernel_size, stride, is_max, grad=None):
 
 
 def _pool(x, kernel_size, stride, is_max):
-    _check(x, kernel_size, stride)
+    """The op's work on checked arguments (the custom ops' implementation and the direct path)."""
     name = "max_pool2d_same" if is_max else "avg_pool2d_same"
-    backend = _backend.resolve(x.device, name, key=_tuning.pool_key(x, kernel_size, stride))
+    backend = _backend.resolve(x.device, name, key=lambda: _tuning.pool_key(x, kernel_size, stride))
     if backend == "torch" or x.numel() == 0:
         y = _torch_pool(x, kernel_size, stride, is_max)
-        return y.contiguous(memory_format=_checks.out_memory_format(x))
+        layout = _checks.out_memory_format(x)  # a copy only if PyTorch's pool chose another
+        return y if y.is_contiguous(memory_format=layout) else y.contiguous(memory_format=layout)
     geometry, out_hw, _ = same_geometry(x.shape[2], x.shape[3], kernel_size, stride)
     out = _checks.empty_like_layout(x, tuple(x.shape[:2]) + out_hw)
     return _backend.launchers(backend).pool_forward(x, out, None, geometry, is_max)
@@ -79,11 +94,13 @@ def _fake_pool(x, kernel_size, stride):
 
 @torch.library.custom_op("fastconv::max_pool2d_same", mutates_args=())
 def max_pool2d_same_op(x: Tensor, kernel_size: List[int], stride: List[int]) -> Tensor:
+    _check(x, kernel_size, stride)
     return _pool(x, kernel_size, stride, is_max=True)
 
 
 @torch.library.custom_op("fastconv::avg_pool2d_same", mutates_args=())
 def avg_pool2d_same_op(x: Tensor, kernel_size: List[int], stride: List[int]) -> Tensor:
+    _check(x, kernel_size, stride)
     return _pool(x, kernel_size, stride, is_max=False)
 
 
@@ -132,9 +149,16 @@ max_pool2d_same_op.register_autograd(_make_backward(True), setup_context=_setup)
 avg_pool2d_same_op.register_autograd(_make_backward(False), setup_context=_setup)
 
 
-def _args(kernel_size, stride):
+def _call(x, kernel_size, stride, is_max):
+    """Checks once (here on the direct path, in the op otherwise), then the direct path or the op."""
+    if not isinstance(x, Tensor):
+        _checks.check_tensor(x, "x")  # our TypeError, not the schema's RuntimeError
     kernel_size = _checks.pair(kernel_size, "kernel_size")
-    return kernel_size, kernel_size if stride is None else _checks.pair(stride, "stride")
+    stride = kernel_size if stride is None else _checks.pair(stride, "stride")
+    if _backend.eager_direct(x):
+        _checks.check_tensor(x, "x", ndim=4)
+        return _pool(x, kernel_size, stride, is_max)
+    return (max_pool2d_same_op if is_max else avg_pool2d_same_op)(x, kernel_size, stride)
 
 
 def max_pool2d_same(x: Tensor, kernel_size, stride=None) -> Tensor:
@@ -142,9 +166,7 @@ def max_pool2d_same(x: Tensor, kernel_size, stride=None) -> Tensor:
 
     kernel_size, stride: an int or a pair; stride defaults to kernel_size.
     """
-    if not isinstance(x, Tensor):
-        _checks.check_tensor(x, "x")  # our TypeError, not the schema's RuntimeError
-    return max_pool2d_same_op(x, *_args(kernel_size, stride))
+    return _call(x, kernel_size, stride, True)
 
 
 def avg_pool2d_same(x: Tensor, kernel_size, stride=None) -> Tensor:
@@ -152,6 +174,4 @@ def avg_pool2d_same(x: Tensor, kernel_size, stride=None) -> Tensor:
 
     kernel_size, stride: an int or a pair; stride defaults to kernel_size.
     """
-    if not isinstance(x, Tensor):
-        _checks.check_tensor(x, "x")  # our TypeError, not the schema's RuntimeError
-    return avg_pool2d_same_op(x, *_args(kernel_size, stride))
+    return _call(x, kernel_size, stride, False)

@@ -24,15 +24,24 @@ def _run_binary(a, b, op, backend, like):
     return _backend.launchers(backend).binary(a, b, out, op)
 
 
-@torch.library.custom_op("fastconv::residual_add", mutates_args=())
-def residual_add_op(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
-    _check(x, residual)
-    backend = _backend.resolve(x.device, "residual_add", key=_tuning.tensor_key(x))
+def _forward(x, residual, relu):
+    """The op's work on checked arguments (the custom op's implementation and the direct path)."""
+    backend = _backend.resolve(x.device, "residual_add", key=lambda: _tuning.tensor_key(x))
     if backend == "torch":
-        out = torch.add(x, residual, out=_checks.empty_like_layout(x, x.shape))
+        layout = _checks.out_memory_format(x)
+        if x.is_contiguous(memory_format=layout) and residual.is_contiguous(memory_format=layout):
+            out = torch.add(x, residual)  # dense alike: the output takes their layout
+        else:  # mixed or strided inputs: the output in x's layout, still one pass
+            out = torch.add(x, residual, out=_checks.empty_like_layout(x, x.shape))
         return out.relu_() if relu else out
     op = _backend.BINARY_ADD_RELU if relu else _backend.BINARY_ADD
     return _run_binary(x, residual, op, backend, like=x)
+
+
+@torch.library.custom_op("fastconv::residual_add", mutates_args=())
+def residual_add_op(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
+    _check(x, residual)
+    return _forward(x, residual, relu)
 
 
 @residual_add_op.register_fake
@@ -78,4 +87,7 @@ def residual_add(x: Tensor, residual: Tensor, relu: bool = True) -> Tensor:
     """
     if not (isinstance(x, Tensor) and isinstance(residual, Tensor)):
         _check(x, residual)  # our TypeError, not the schema's RuntimeError
+    if _backend.eager_direct(x, residual):  # checked once: here or in the op
+        _check(x, residual)
+        return _forward(x, residual, relu)
     return residual_add_op(x, residual, relu)
