@@ -134,15 +134,18 @@ def test_errors():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_opcheck_and_gradcheck(backend):
+    """Tiny float64 shapes and gradcheck's fast mode: the interpreter runs every perturbation."""
     x = make_input((2, 5, 4, 3), torch.float64, "nhwc", requires_grad=True)
     w = torch.randn(6, 5, 1, 1, dtype=torch.float64, device=DEVICE, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    buf = torch.empty(2, 9, 4, 3, dtype=torch.float64, device=DEVICE)
+    outs = [buf[:, 1:3], torch.empty(2, 4, 4, 3, dtype=torch.float64, device=DEVICE)]
+    xs = make_input((1, 3, 3, 2), torch.float64, "strided", requires_grad=True)
     with fastconv.use_backend(backend):
-        for pool in (False, True):
-            torch.library.opcheck(torch.ops.fastconv.conv1x1_relu_split.default, (x, w, b, [2, 4], pool))
-            buf = torch.empty(2, 9, 4, 3, dtype=torch.float64, device=DEVICE)
-            outs = [buf[:, 1:3], torch.empty(2, 4, 4, 3, dtype=torch.float64, device=DEVICE)]
-            torch.library.opcheck(torch.ops.fastconv.conv1x1_relu_split_into.default,
-                                  (x.detach(), w.detach(), None, outs, pool))
-        assert torch.autograd.gradcheck(lambda *a: fastconv.conv1x1_relu_split(*a, [1, 2, 3]), (x, w, b))
-        assert torch.autograd.gradcheck(fastconv.pool_conv1x1_relu, (x, w[:, :, 0, 0], b))
+        torch.library.opcheck(torch.ops.fastconv.conv1x1_relu_split.default, (x, w, b, [2, 4], True))
+        torch.library.opcheck(torch.ops.fastconv.conv1x1_relu_split_into.default,
+                              (x.detach(), w.detach(), None, outs, False))
+        assert torch.autograd.gradcheck(lambda *a: fastconv.conv1x1_relu_split(*a, [1, 2]),
+                                        (xs, w[:3, :3], b[:3]), fast_mode=True)
+        assert torch.autograd.gradcheck(fastconv.pool_conv1x1_relu, (xs, w[:3, :3, 0, 0], b[:3]),
+                                        fast_mode=True)
