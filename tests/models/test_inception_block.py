@@ -117,3 +117,14 @@ def test_googlenet_eval_dispatches_no_cat_and_no_branch_pool():
     assert not [op for op in recorder.top if "max_pool" in op and op.startswith("aten.")]
     assert recorder.top["fastconv.conv1x1_relu_split_into"] == 2 * 9
     assert recorder.top["fastconv.conv1x1_relu"] == 1  # conv2, the stem's 1x1
+
+
+def test_benchmark_cases_run_on_the_cpu():
+    """The benchmark's Inception-block and pool-projection cases (eager baseline) compute the same."""
+    from fastconv import bench
+
+    rows, _ = bench.run_ops(["fp32"], [1], "key", op_filter=["inception_block", "pool_conv1x1_relu"],
+                            provider_filter=["eager", "torch"], progress=False)
+    assert {(r["op"], r["provider"]) for r in rows} == {
+        (op, p) for op in ("inception_block", "pool_conv1x1_relu") for p in ("eager", "torch")}
+    assert all(r["rel_err_vs_eager"] < 1e-5 and r["GB/s"] > 0 for r in rows), rows
