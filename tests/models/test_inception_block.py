@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastconv
 from fastconv import models, reference
-from tests.conftest import DEVICE, DTYPES, TOL, assert_close, make_input
+from tests.conftest import DEVICE, DTYPES, TOL, assert_close, gpu, make_input
 
 tv = importlib.import_module("torchvision.models.googlenet")
 
@@ -52,8 +52,8 @@ def test_eval_inference_equals_torchvision(backend, dtype, hw, layout, poison):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hw,layout", [(7, "nchw"), (5, "nhwc")])
+@pytest.mark.parametrize("dtype,hw,layout", [(torch.float32, 7, "nchw"), (torch.float16, 5, "nhwc"),
+                                             pytest.param(torch.bfloat16, 13, "nhwc", marks=gpu)])
 def test_eval_with_autograd_equals_torchvision(backend, dtype, hw, layout, poison):
     """Gradients in eval mode (e.g. saliency): the split and pool-projection ops' backward,
     through BN folding, against torchvision's block in float64."""
