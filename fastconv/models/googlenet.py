@@ -83,7 +83,9 @@ class Inception(tv.Inception):
         pool, ones = self.branch4[0], (self.branch1, self.branch2[0], self.branch3[0], self.branch4[1])
         threes = (self.branch2[1], self.branch3[1])
         pair = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v))  # noqa: E731
-        if (pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)) != ((3, 3), (1, 1), (1, 1)):
+        if not isinstance(pool, nn.MaxPool2d) or pool.return_indices or (
+                pair(pool.kernel_size), pair(pool.stride), pair(pool.padding), pair(pool.dilation)) != (
+                (3, 3), (1, 1), (1, 1), (1, 1)):
             return False
         if any(is_fusable_conv1x1(b.conv) or b.conv.stride != (1, 1) for b in ones):
             return False
@@ -91,7 +93,7 @@ class Inception(tv.Inception):
                or b.conv.padding != tuple(k // 2 for k in b.conv.kernel_size)
                or any(k % 2 == 0 for k in b.conv.kernel_size) for b in threes):
             return False  # the 3x3 convs must keep the size to write into their slices
-        if not all(bn_foldable(b.bn) for b in ones + threes):
+        if not all(bn_foldable(getattr(b, "bn", None)) for b in ones + threes):
             return False
         return _backend.resolve(x.device, "conv1x1_relu_split") in ("torch", "triton")
 
