@@ -75,8 +75,8 @@ class Inception(tv.Inception):
 
     def _fusable(self, x):
         """Eval mode with foldable BN, torchvision's block structure, a backend with the kernels."""
-        from fastconv import _backend
         from fastconv.fusion import bn_foldable, is_fusable_conv1x1
+        from fastconv.ops.inception import has_kernels
 
         if self.training or x.dim() != 4:
             return False
@@ -95,7 +95,7 @@ class Inception(tv.Inception):
             return False  # the 3x3 convs must keep the size to write into their slices
         if not all(bn_foldable(getattr(b, "bn", None)) for b in ones + threes):
             return False
-        return _backend.resolve(x.device, "conv1x1_relu_split") in ("torch", "triton")
+        return has_kernels(x.device)
 
     @staticmethod
     def _folded(block):
@@ -107,16 +107,9 @@ class Inception(tv.Inception):
     @classmethod
     def _stacked_1x1(cls, blocks):
         """The folded [sum Cout, Cin] weights and biases of 1x1 blocks, stacked without torch.cat."""
-        folded = [cls._folded(b) for b in blocks]
-        cin = folded[0][0].shape[1]
-        weight = folded[0][0].new_empty(sum(w.shape[0] for w, _ in folded), cin)
-        bias = folded[0][1].new_empty(weight.shape[0])
-        lo = 0
-        for w, b in folded:
-            weight[lo:lo + w.shape[0]].copy_(w.reshape(w.shape[0], cin))
-            bias[lo:lo + w.shape[0]].copy_(b)
-            lo += w.shape[0]
-        return weight, bias
+        from fastconv.ops.inception import stack_weights
+
+        return stack_weights([cls._folded(b) for b in blocks])
 
 
 class InceptionAux(tv.InceptionAux):

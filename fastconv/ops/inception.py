@@ -146,6 +146,29 @@ def _backward(ctx, grads):
 conv1x1_relu_split_op.register_autograd(_backward, setup_context=_setup)
 
 
+def stack_weights(pairs):
+    """(weight [sum Cout, Cin], bias [sum Cout]) of sibling 1x1 convs, from their (weight,
+    bias) pairs (a None bias is zeros), written into one new tensor each: no torch.cat."""
+    cin = pairs[0][0].shape[1]
+    weight = pairs[0][0].new_empty(sum(w.shape[0] for w, _ in pairs), cin)
+    bias = weight.new_empty(weight.shape[0])
+    lo = 0
+    for w, b in pairs:
+        rows = slice(lo, lo + w.shape[0])
+        weight[rows].copy_(w.reshape(w.shape[0], cin))
+        if b is None:
+            bias[rows].zero_()
+        else:
+            bias[rows].copy_(b)
+        lo += w.shape[0]
+    return weight, bias
+
+
+def has_kernels(device):
+    """Whether the backend that runs on `device` has these ops' kernels (not yet "cuda")."""
+    return _backend.resolve(device, "conv1x1_relu_split") in ("torch", "triton")
+
+
 def _types_ok(x, weight, bias):
     return (isinstance(x, Tensor) and isinstance(weight, Tensor)
             and (bias is None or isinstance(bias, Tensor)))
