@@ -21,7 +21,8 @@ class Branches(nn.Module):
     def __init__(self, c=17):
         super().__init__()
         self.a, self.b, self.c = nn.Conv2d(c, 5, 1), nn.Conv2d(c, 3, 1), nn.Conv2d(5, 4, 1)
-        self.pool, self.proj, self.bn = nn.MaxPool2d(3, 1, 1), nn.Conv2d(c, 6, 1, bias=False), nn.BatchNorm2d(6)
+        self.pool, self.proj = nn.MaxPool2d(3, 1, 1), nn.Conv2d(c, 6, 1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
         self.pool2, self.d = nn.MaxPool2d(3, 1, 1), nn.Conv2d(c, 2, 1)
 
     def forward(self, x):

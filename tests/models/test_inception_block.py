@@ -47,7 +47,8 @@ def test_eval_inference_equals_torchvision(backend, dtype, hw, layout, poison):
     assert out.dtype == dtype and out.shape == (2, 19, hw, hw)
     err = reference.rel_error(out, ref)
     assert err <= _tol(dtype)[1], f"relative error {err:.2e}"
-    assert out.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    layout_of_x = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=layout_of_x)
     assert torch.equal(x, x0)
 
 

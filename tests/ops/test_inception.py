@@ -62,7 +62,8 @@ def test_into_writes_only_its_slices(backend, dtype, pool):
     N, cin, H, W = 2, 17, 7, 5
     x = make_input((N, cin, H, W), dtype, "nhwc")
     w, b = _params(12, cin, dtype)
-    buf = torch.full((N, 20, H, W), 7.0, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    buf = torch.full((N, 20, H, W), 7.0, device=DEVICE, dtype=dtype)
+    buf = buf.contiguous(memory_format=torch.channels_last)
     own = torch.full((N, 4, H, W), float("nan"), device=DEVICE, dtype=dtype)
     outs = [buf[:, 2:9], own, buf[:, 15:16]]
     with torch.no_grad(), fastconv.use_backend(backend):
