@@ -44,27 +44,29 @@ def _load_a(x_ptr, n, h, w, ks, row_ok, k_ok, H, W, sx_n, sx_c, sx_h, sx_w,
     """The [BLOCK_M, BLOCK_K] A tile: x's channels ks at pixels (n, h, w), or their 3x3 max."""
     ok = row_ok[:, None] & k_ok[None, :]
     if A_LOAD == A_PLAIN:
-        return tl.load(x_ptr + (n * sx_n + h * sx_h + w * sx_w)[:, None] + ks[None, :] * sx_c,
-                       mask=ok, other=0.0)
-    a = tl.full((BLOCK_M, BLOCK_K), float("-inf"), x_ptr.dtype.element_ty)
-    for i in tl.static_range(3):
-        for j in tl.static_range(3):
-            hh = h + (i - 1)
-            ww = w + (j - 1)
-            real = row_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            v = tl.load(x_ptr + (n * sx_n + hh * sx_h + ww * sx_w)[:, None] + ks[None, :] * sx_c,
-                        mask=real[:, None] & k_ok[None, :], other=float("-inf"))
-            a = tl.where((v > a) | (v != v), v, a)  # a NaN, once taken, is never replaced
-    # masked lanes hold -inf: zero them, or -inf * 0 (a masked weight) poisons the sum
-    return tl.where(ok, a, 0.0)
+        a = tl.load(x_ptr + (n * sx_n + h * sx_h + w * sx_w)[:, None] + ks[None, :] * sx_c,
+                    mask=ok, other=0.0)
+    else:
+        a = tl.full((BLOCK_M, BLOCK_K), float("-inf"), x_ptr.dtype.element_ty)
+        for i in tl.static_range(3):
+            for j in tl.static_range(3):
+                hh = h + (i - 1)
+                ww = w + (j - 1)
+                real = row_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+                v = tl.load(x_ptr + (n * sx_n + hh * sx_h + ww * sx_w)[:, None] + ks[None, :] * sx_c,
+                            mask=real[:, None] & k_ok[None, :], other=float("-inf"))
+                a = tl.where((v > a) | (v != v), v, a)  # a NaN, once taken, is never replaced
+        # masked lanes hold -inf: zero them, or -inf * 0 (a masked weight) poisons the sum
+        a = tl.where(ok, a, 0.0)
+    return a  # one return: Triton compiles a return inside an if poorly
 
 
 @triton.jit
 def _store_columns(o_ptr, n, h, w, so_n, so_c, so_h, so_w, acc, cols, row_ok, lo, hi):
-    """Store the accumulator's columns [lo, hi) as channels 0.. of o (any strides)."""
+    """Store the (rounded) accumulator's columns [lo, hi) as channels 0.. of o (any strides)."""
     mask = row_ok[:, None] & ((cols >= lo) & (cols < hi))[None, :]
     tl.store(o_ptr + (n * so_n + h * so_h + w * so_w)[:, None] + (cols - lo)[None, :] * so_c,
-             acc.to(o_ptr.dtype.element_ty), mask=mask)
+             acc, mask=mask)
 
 
 @triton.jit
@@ -78,7 +80,7 @@ def _split_gemm_kernel(
         sx_n, sx_c, sx_h, sx_w, sw_o, sw_i,
         s0_n, s0_c, s0_h, s0_w, s1_n, s1_c, s1_h, s1_w, s2_n, s2_c, s2_h, s2_w,
         # meta-parameters
-        A_LOAD: tl.constexpr, NUM_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
+        A_LOAD: tl.constexpr, NUM_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
         PRECISION: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Scheduler: grouped program order (Triton's matmul tutorial): GROUP_M row tiles
@@ -92,8 +94,11 @@ def _split_gemm_kernel(
     pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
     pid_n = (pid % (GROUP_M * num_n)) // group_size
 
-    # rows: BLOCK_M pixels (int64 offsets); cols: BLOCK_N output channels of the GEMM.
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # rows: BLOCK_M pixels; cols: BLOCK_N output channels of the GEMM.
+    if INDEX_64:
+        rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    else:  # int32 offsets: half the registers of the epilogue's 2-D address tensors
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = rows // (H * W)
     h = (rows // W) % H
     w = rows % W
@@ -119,26 +124,43 @@ def _split_gemm_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
     acc = tl.where(acc < 0.0, 0.0, acc)  # keeps NaN, as torch.relu
-    _store_columns(o0_ptr, n, h, w, s0_n, s0_c, s0_h, s0_w, acc, cols, row_ok, 0, END0)
+    # Only the outputs this column tile overlaps store (a runtime branch each: the three
+    # stores' 2-D address tensors are then never live together, which spilled registers).
+    first_col = pid_n * BLOCK_N
+    out = acc.to(o0_ptr.dtype.element_ty)
+    if first_col < END0:
+        _store_columns(o0_ptr, n, h, w, s0_n, s0_c, s0_h, s0_w, out, cols, row_ok, 0, END0)
     if NUM_OUT > 1:
-        _store_columns(o1_ptr, n, h, w, s1_n, s1_c, s1_h, s1_w, acc, cols, row_ok, END0, END1)
+        if (first_col < END1) & (first_col + BLOCK_N > END0):
+            _store_columns(o1_ptr, n, h, w, s1_n, s1_c, s1_h, s1_w, out, cols, row_ok, END0, END1)
     if NUM_OUT > 2:
-        _store_columns(o2_ptr, n, h, w, s2_n, s2_c, s2_h, s2_w, acc, cols, row_ok, END1, COUT)
+        if first_col + BLOCK_N > END1:
+            _store_columns(o2_ptr, n, h, w, s2_n, s2_c, s2_h, s2_w, out, cols, row_ok, END1, COUT)
 
 
-def _config(m, cout, cin, dtype, pool):
+INT32_LIMIT = 2 ** 31  # offsets at or past this need 64-bit address arithmetic
+
+
+def _config(m, cout, cin, dtype, pool, num_out):
     """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). As the plain 1x1 conv:
-    128 pixel rows feed the tensor cores; the column tile covers an Inception block's
-    concatenated reductions (112..384 columns) in one to three tiles, so x is read once
-    or from L2; BLOCK_K=32 keeps 3 stages in shared memory. The pooled load holds 9
-    neighbour tiles in flight: 2 stages. float64 (gradcheck only) multiplies through
-    a [M, K, N] product: small tiles."""
+    128 pixel rows feed the tensor cores, BLOCK_K=32 keeps 3 stages in shared memory, and
+    the pooled load (9 neighbour tiles in flight) gets 2. One output: up to 128 columns
+    per tile (a pool projection's 32..128 in one tile, the pool computed once). Several
+    outputs: 64 columns, since ptxas (sm_90, bf16, 8 warps, int32 offsets) spills the
+    three masked stores of a 128x128 tile (~650 B/thread) but not of a 128x64 one (224
+    registers). float64 (gradcheck only) multiplies through a [M, K, N] product: small tiles."""
     if dtype == torch.float64:
         return 32, 32, 8, 8, 4, 1
-    block_n = min(max(triton.next_power_of_2(cout), 16), 128)
+    block_n = min(max(triton.next_power_of_2(cout), 16), 128 if num_out == 1 else 64)
     block_k = min(max(triton.next_power_of_2(cin), 16), 32)
     block_m = 128 if m >= 128 else 64
-    return block_m, block_n, block_k, 8, 8 if block_n >= 128 else 4, 2 if pool else 3
+    return block_m, block_n, block_k, 8, 8 if block_m * block_n >= 8192 else 4, 2 if pool else 3
+
+
+def _needs_int64(tensors):
+    """Whether an element of these views lies INT32_LIMIT or more elements past its base."""
+    return any(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= INT32_LIMIT
+               for t in tensors if t.numel())
 
 
 def _precision(dtype, tf32):
@@ -160,13 +182,14 @@ def conv1x1_split(x, weight, bias, outs, pool, tf32):
     ends = [o.shape[1] for o in outs]
     ends = [sum(ends[:i + 1]) for i in range(len(ends))] + [COUT] * (MAX_OUTPUTS - len(ends))
     padded = list(outs) + [outs[0]] * (MAX_OUTPUTS - len(outs))  # unused pointers: never stored
-    bm, bn, bk, group_m, warps, stages = _config(M, COUT, CIN, x.dtype, pool)
+    bm, bn, bk, group_m, warps, stages = _config(M, COUT, CIN, x.dtype, pool, len(outs))
     grid = (triton.cdiv(M, bm) * triton.cdiv(COUT, bn),)
     _split_gemm_kernel[grid](
         x, w2d, bias if bias is not None else w2d, *padded,
         M, COUT, CIN, H, W, ends[0], ends[1],
         *x.stride(), *w2d.stride(), *(s for o in padded for s in o.stride()),
         A_LOAD=A_MAX3X3 if pool else A_PLAIN, NUM_OUT=len(outs), HAS_BIAS=bias is not None,
+        INDEX_64=M >= INT32_LIMIT or _needs_int64([x, *outs]),
         PRECISION=_precision(x.dtype, tf32), ACC=acc_type(x), USE_DOT=x.dtype != torch.float64,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, num_warps=warps, num_stages=stages)
     return outs

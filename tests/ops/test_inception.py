@@ -74,6 +74,19 @@ def test_into_writes_only_its_slices(backend, dtype, pool):
     assert (untouched == 7.0).all()
 
 
+def test_triton_64bit_offsets(monkeypatch):
+    """The kernel's int64 address path (taken past 2**31 elements), forced on a small case."""
+    import importlib
+    kernels = importlib.import_module("fastconv._triton.pool_conv1x1")
+    monkeypatch.setattr(kernels, "INT32_LIMIT", 0)
+    x = make_input((2, 17, 5, 3), torch.float32, "nhwc")
+    w, b = _params(12, 17, torch.float32)
+    with torch.no_grad(), fastconv.use_backend("triton"):
+        for pool in (False, True):
+            outs = fastconv.conv1x1_relu_split(x, w, b, [3, 8, 1], pool=pool)
+            assert_close(torch.cat(outs, 1), _ref(x, w, b, pool), torch.float32)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_pool_is_same_nan_propagates_ties_go_first(backend):
     """The fused pool equals TF SAME 3x3/1 (padding never wins: all-negative input), a NaN
