@@ -67,8 +67,8 @@ def _run(x, weight, bias, outs, pool):
     """Write relu(conv1x1(A, weight, bias)) into outs, split by channels."""
     backend = _backend.resolve(x.device, "conv1x1_relu_split")
     if backend == "cuda":
-        raise RuntimeError("fastconv backend 'cuda' cannot run conv1x1_relu_split: "
-                           "no CUDA C++ kernel yet (use 'triton' or 'torch')")
+        raise NotImplementedError("fastconv backend 'cuda' cannot run conv1x1_relu_split: "
+                                  "no CUDA C++ kernel yet (use 'triton' or 'torch')")
     if backend == "triton":
         from fastconv._triton.pool_conv1x1 import conv1x1_split
         # float32 follows PyTorch's convolution flag, as eager cuDNN does

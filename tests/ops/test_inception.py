@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (DEVICE, DTYPES, assert_close, assert_layout_like_eager, make_input,
+from tests.conftest import (DEVICE, DTYPES, assert_close, assert_layout_like_eager, gpu, make_input,
                             unchanged)
 
 # (N, Cin, H, W, layout, sizes): odd channels, 1x1 / odd images, every layout, 1 to 3
@@ -163,3 +163,13 @@ def test_opcheck_and_gradcheck(backend):
                                         (xs, w[:3, :3], b[:3]), fast_mode=True)
         assert torch.autograd.gradcheck(fastconv.pool_conv1x1_relu, (xs, w[:3, :3, 0, 0], b[:3]),
                                         fast_mode=True)
+
+
+@gpu
+def test_cuda_backend_has_no_kernel_yet():
+    if "cuda" not in fastconv.available_backends():
+        pytest.skip("the CUDA C++ extension is not built")
+    x = make_input((1, 3, 5, 5), torch.float32, "nhwc")
+    w, b = _params(4, 3, torch.float32)
+    with fastconv.use_backend("cuda"), pytest.raises(NotImplementedError, match="no CUDA C\\+\\+ kernel"):
+        fastconv.pool_conv1x1_relu(x, w, b)
