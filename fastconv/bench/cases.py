@@ -82,6 +82,51 @@ def pool_case(kind, n, c, hw, k, s, dtype, device):
                 es * n * c * (hw * hw + ohw * ohw))
 
 
+def pool_conv_case(n, cin, hw, cout, dtype, device):
+    """An Inception pool projection: relu(conv1x1(maxpool3x3_s1(x)) + b), the pool inside the
+    GEMM's operand load; eager pools (writing the pooled tensor), then convolves."""
+    def make():
+        x = _nhwc((n, cin, hw, hw), dtype, device)
+        w = (torch.randn(cout, cin, 1, 1, device=device) / cin ** 0.5).to(dtype)
+        return x, w, torch.randn(cout, device=device).to(dtype)
+
+    def eager(x, w, b):
+        return torch.relu(F.conv2d(F.max_pool2d(x, 3, 1, 1), w, b))
+
+    es = torch.finfo(dtype).bits // 8
+    return Case("pool_conv1x1_relu", f"{n}x{cin}x{hw}x{hw}->{cout}", make, fastconv.pool_conv1x1_relu,
+                eager, es * (n * hw * hw * (cin + cout) + cout * cin + cout), 2 * n * hw * hw * cin * cout)
+
+
+def inception_case(n, widths, hw, dtype, device):
+    """A whole GoogLeNet Inception block in eval mode (BN statistics random), fastconv's
+    against torchvision's: widths = (in, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj).
+    Minimum traffic: x read once, the block output written once, the two reductions
+    written and read once."""
+    import importlib
+
+    from fastconv import models, reference
+
+    tv = importlib.import_module("torchvision.models.googlenet")
+    blocks = {}
+
+    def make():
+        torch.manual_seed(0)
+        eager = reference.randomize_batchnorm(tv.Inception(*widths))
+        ours = models.Inception(*widths)
+        ours.load_state_dict(eager.state_dict())
+        for name, m in (("eager", eager), ("ours", ours)):
+            blocks[name] = m.eval().to(device, dtype, memory_format=torch.channels_last)
+        return (_nhwc((n, widths[0], hw, hw), dtype, device),)
+
+    cin, c1, c3r, c3, c5r, c5, cp = widths
+    es = torch.finfo(dtype).bits // 8
+    moved = n * hw * hw * (cin + c1 + c3 + c5 + cp + 2 * (c3r + c5r))
+    flops = 2 * n * hw * hw * (cin * (c1 + c3r + c5r + cp) + 9 * (c3r * c3 + c5r * c5))
+    return Case("inception_block", f"{n}x{cin}x{hw}x{hw}->{c1 + c3 + c5 + cp}", make,
+                lambda x: blocks["ours"](x), lambda x: blocks["eager"](x), es * moved, flops)
+
+
 # A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
 # (op, channels in, size, channels out / kernel, stride, relu); "convres" adds a residual in
 # the conv's epilogue (a ResNet bottleneck's conv3).
@@ -95,6 +140,7 @@ KEY_SHAPES = [
     ("conv", 1024, 14, 256, 1, True), ("conv", 192, 28, 64, 1, True), ("conv", 832, 7, 384, 1, True),
     ("residual", 256, 56), ("residual", 1024, 14), ("residual", 2048, 7),
     ("max", 64, 112, 3, 2), ("max", 192, 28, 3, 1), ("max", 480, 28, 3, 2), ("avg", 1024, 7, 3, 1),
+    ("poolconv", 192, 28, 32), ("inception", (192, 64, 96, 128, 16, 32, 32), 28),  # GoogLeNet 3a
 ]
 
 
@@ -123,6 +169,9 @@ def model_shapes(names=("resnet50", "googlenet")):
                         self.shapes.append(("residual", *residual.shape[1:3]))  # converted models
                 elif op == "residual_add":
                     self.shapes.append(("residual", c, h))
+                elif op.startswith("conv1x1_relu_split"):  # (x, weight, bias, outs/sizes, pool)
+                    cout, pool = args[1].shape[0], args[4]
+                    self.shapes.append(("poolconv", c, h, cout) if pool else ("conv", c, h, cout, 1, True))
                 else:
                     self.shapes.append((op.split("_")[0], c, h, args[1][0], args[2][0]))
             return func(*args, **(kwargs or {}))
@@ -151,6 +200,10 @@ def op_cases(dtype, device, batches, shapes):
                 cases.append(conv_case(n, cin, hw, cout, stride, dtype, device, relu, kind == "convres"))
             elif kind == "residual":
                 cases.append(residual_case(n, *spec, dtype, device))
+            elif kind == "poolconv":
+                cases.append(pool_conv_case(n, *spec, dtype, device))
+            elif kind == "inception":
+                cases.append(inception_case(n, *spec, dtype, device))
             else:
                 cases.append(pool_case(kind, n, *spec, dtype, device))
     return cases
