@@ -101,17 +101,28 @@ class Inception(tv.Inception):
 
     @staticmethod
     def _folded(block):
-        """(weight, bias) of a BasicConv2d with its eval-mode BN folded in: the one fold call."""
-        from fastconv.fusion import fold_bn
+        """(weight, bias) of a BasicConv2d with its eval-mode BN folded in (cached by
+        fastconv.fusion.folded until a parameter or statistic changes)."""
+        from fastconv.fusion import folded
 
-        return fold_bn(block.conv.weight, block.conv.bias, block.bn)
+        return folded(block.conv, block.bn)
 
-    @classmethod
-    def _stacked_1x1(cls, blocks):
-        """The folded [sum Cout, Cin] weights and biases of 1x1 blocks, stacked without torch.cat."""
+    def _stacked_1x1(self, blocks):
+        """The folded [sum Cout, Cin] weights and biases of 1x1 blocks, stacked without
+        torch.cat; kept while the three cached folds are the same tensors (a refold of any
+        makes new ones), never when the folds carry autograd graphs."""
         from fastconv.ops.inception import stack_weights
 
-        return stack_weights([cls._folded(b) for b in blocks])
+        pairs = [self._folded(b) for b in blocks]
+        keys = [t for pair in pairs for t in pair]
+        cached = self.__dict__.get("_fastconv_stacked")
+        if cached is not None and len(cached[0]) == len(keys) and all(
+                a is b for a, b in zip(cached[0], keys)):
+            return cached[1]
+        stacked = stack_weights(pairs)
+        if not any(t is not None and t.requires_grad for t in keys):
+            self.__dict__["_fastconv_stacked"] = (keys, stacked)
+        return stacked
 
 
 class InceptionAux(tv.InceptionAux):
