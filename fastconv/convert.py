@@ -19,7 +19,10 @@ provably equivalent:
   - TF-ported SAME pools: timm's MaxPool2dSame (a dynamic -inf pad, then the pool: SAME
     on every size), timm's AvgPool2dSame where its zero padding is empty on the sizes
     seen (it counts the padded zeros), and F.pad(x, pads, value=-inf) + max pool
-    -> max_pool2d_same / avg_pool2d_same, each checking the input's size at run time.
+    -> max_pool2d_same / avg_pool2d_same, each checking the input's size at run time;
+  - last, Inception patterns by graph structure (fastconv.convert_inception): sibling 1x1
+    conv + ReLU layers on one input -> one GEMM, a 3x3/1 max pool feeding a 1x1 conv + ReLU
+    -> the pool inside that conv's GEMM.
 Layers are matched by type and configuration, never by name. Near misses stay as they
 are and are reported with the reason: conv subclasses with their own forward (weight
 standardization, ...), grouped / dilated / padded 1x1 convs, norm layers with extra
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fastconv import fusion, ops
+from fastconv.convert_inception import fuse_inception
 from fastconv.nn import FusedAvgPool2d, FusedMaxPool2d, ResidualAdd
 from fastconv.ops.pool_same import same_geometry
 
@@ -267,6 +271,7 @@ def convert(model, example_input=None, inplace=False, verbose=False):
     report = ConversionReport()
     shapes = _input_shapes(model, example_input) if example_input is not None else None
     converted = _convert(model, "", shapes, report)
+    fuse_inception(converted, report)  # sibling 1x1 convs, max pool -> 1x1 conv (by structure)
     converted.fastconv_report = report
     if verbose:
         print(report)

@@ -8,17 +8,14 @@ A pass over the torch.fx graphs that fastconv.convert produced (after it rewrote
     (stride 1) -> pool_conv1x1_relu (the pool inside the GEMM's operand load).
 The original modules stay registered at their paths (state dicts unchanged); the new
 modules hold references to them and fall back to them in train mode (BN batch
-statistics) or where the kernels are missing. The concatenation stays a torch.cat.
-
-Hook (one line in fastconv.convert.convert, after `converted = _convert(...)`):
-    fastconv.convert_inception.fuse_inception(converted, report)
+statistics) or where the kernels are missing. The concatenation stays a torch.cat. fastconv.convert runs this pass last.
 """
 import operator
 
 from torch import fx, nn
 
 from fastconv import fusion, ops
-from fastconv.ops.inception import MAX_OUTPUTS, has_kernels, stack_weights
+from fastconv.ops.inception import MAX_OUTPUTS, has_kernels, stack_weights_cached
 
 
 def _foldable(conv):
@@ -26,8 +23,8 @@ def _foldable(conv):
 
 
 def _folded(conv):
-    """(weight, bias) of a Conv1x1BNAct with its BN folded in (eval): the one fold call here."""
-    return (conv.weight, conv.bias) if conv.bn is None else fusion.fold_bn(conv.weight, conv.bias, conv.bn)
+    """(weight, bias) of a Conv1x1BNAct with its BN folded in (eval; cached by fusion.folded)."""
+    return (conv.weight, conv.bias) if conv.bn is None else fusion.folded(conv, conv.bn)
 
 
 class SiblingConv1x1ReLU(nn.Module):
@@ -40,7 +37,7 @@ class SiblingConv1x1ReLU(nn.Module):
     def forward(self, x):
         convs = self.convs
         if x.dim() == 4 and all(_foldable(c) for c in convs) and has_kernels(x.device):
-            weight, bias = stack_weights([_folded(c) for c in convs])
+            weight, bias = stack_weights_cached(self, [_folded(c) for c in convs])
             return tuple(ops.conv1x1_relu_split(x, weight, bias, [c.out_channels for c in convs]))
         return tuple(c(x) for c in convs)
 

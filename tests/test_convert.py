@@ -19,7 +19,8 @@ TORCHVISION = {
     "resnet50": (tvm.resnet50, {"relu(1x1 conv + BN + b)": 16, "1x1 conv + BN + ReLU": 16, "1x1 conv + BN": 20}),
     "googlenet": (lambda: tvm.googlenet(weights=None, aux_logits=True, init_weights=True),
                   {"1x1 conv + BN + ReLU": 39, "max pool 3x3/2 (SAME)": 3, "max pool 2x2/2 (SAME)": 1,
-                   "max pool 3x3/1 (SAME)": 9}),
+                   "max pool 3x3/1 (SAME)": 9, "3 sibling 1x1 convs + ReLU on one input": 9,
+                   "3x3/1 max pool -> 1x1 conv + ReLU": 9}),  # the 9 Inception blocks
     "vgg16": (tvm.vgg16, {"max pool 2x2/2 (SAME)": 5}),
     "alexnet": (tvm.alexnet, {}),
 }

@@ -109,20 +109,10 @@ class Inception(tv.Inception):
 
     def _stacked_1x1(self, blocks):
         """The folded [sum Cout, Cin] weights and biases of 1x1 blocks, stacked without
-        torch.cat; kept while the three cached folds are the same tensors (a refold of any
-        makes new ones), never when the folds carry autograd graphs."""
-        from fastconv.ops.inception import stack_weights
+        torch.cat, kept while their cached folds stand."""
+        from fastconv.ops.inception import stack_weights_cached
 
-        pairs = [self._folded(b) for b in blocks]
-        keys = [t for pair in pairs for t in pair]
-        cached = self.__dict__.get("_fastconv_stacked")
-        if cached is not None and len(cached[0]) == len(keys) and all(
-                a is b for a, b in zip(cached[0], keys)):
-            return cached[1]
-        stacked = stack_weights(pairs)
-        if not any(t is not None and t.requires_grad for t in keys):
-            self.__dict__["_fastconv_stacked"] = (keys, stacked)
-        return stacked
+        return stack_weights_cached(self, [self._folded(b) for b in blocks])
 
 
 class InceptionAux(tv.InceptionAux):

@@ -164,6 +164,19 @@ def stack_weights(pairs):
     return weight, bias
 
 
+def stack_weights_cached(owner, pairs):
+    """stack_weights(pairs), kept on `owner` while the pairs are the same tensors (cached
+    folds: a refold makes new ones), never when they carry autograd graphs."""
+    keys = [t for pair in pairs for t in pair]
+    cached = owner.__dict__.get("_fastconv_stacked")
+    if cached is not None and len(cached[0]) == len(keys) and all(a is b for a, b in zip(cached[0], keys)):
+        return cached[1]
+    stacked = stack_weights(pairs)
+    if not any(t is not None and t.requires_grad for t in keys):
+        owner.__dict__["_fastconv_stacked"] = (keys, stacked)
+    return stacked
+
+
 def has_kernels(device):
     """Whether the backend that runs on `device` has these ops' kernels (not yet "cuda")."""
     return _backend.resolve(device, "conv1x1_relu_split") in ("torch", "triton")
