@@ -47,15 +47,28 @@ def main(argv=None):
     env = environment()
     result = {"env": env}
     md = ""
+
+    def checkpoint(key):
+        """Rows so far into NAME.json (marked partial) as they come: a run killed at its time
+        cap (the GPU check caps each step) keeps what it measured."""
+        if not args.out:
+            return None
+
+        def write(rows):
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, args.name + ".json"), "w") as f:
+                json.dump({**result, key: rows, "partial": True}, f, indent=1)
+        return write
     if args.level in ("ops", "all"):
         shapes = "quick" if args.quick or not on_gpu else args.shapes
-        rows, bw = run_ops(dtypes, batches, shapes, args.op, args.provider)
+        rows, bw = run_ops(dtypes, batches, shapes, args.op, args.provider, on_rows=checkpoint("rows"))
         result.update({"copy_GB/s": bw, "rows": rows})
         md += markdown(rows, env, bw)
     if args.level in ("models", "all"):
         names = args.model or (["resnet50"] if args.quick or not on_gpu else list(MODEL_TWINS))
         batch = (args.batch or [128 if on_gpu else 2])[0]
-        rows = run_models(names, batch, dtypes[0], args.provider, train_step=not args.quick, size=args.size)
+        rows = run_models(names, batch, dtypes[0], args.provider, train_step=not args.quick, size=args.size,
+                          on_rows=checkpoint("model_rows"))
         result["model_rows"] = rows
         md += (f"\n# Models ({env['device']}, {dtypes[0]}, channels_last, batch {batch})\n\n"
                + models_markdown(rows))

@@ -48,10 +48,11 @@ def model_pair(name, device, dtype, batch, size=224):
     return eager, ours, x.to(dtype), ref
 
 
-def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=224):
+def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=224, on_rows=None):
     """Whole-network inference (and one training step) in images/s: fastconv's backends
     against the torchvision model in eager mode and under torch.compile, channels_last;
-    relative errors against eager and against the float32 model."""
+    relative errors against eager and against the float32 model. `on_rows(rows)` after each
+    row (a killed run keeps them); the slow-to-build torch.compile providers run last."""
     on_gpu = torch.cuda.is_available()
     device, dtype = ("cuda" if on_gpu else "cpu"), DTYPES[dtype_name]
     rows = []
@@ -61,15 +62,15 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=
             ref = eager(x)
             calls = {"eager": lambda: eager(x)}
             if on_gpu:
-                calls["compile"] = (lambda f: lambda: f(x))(torch.compile(eager))
                 for backend in [b for b in ("triton", "cuda") if b in fastconv.available_backends()]:
                     calls[backend] = (lambda b: lambda: on_backend(b, ours, (x,)))(backend)
+                calls["eager+graph"] = cuda_graphed(eager, x)
+                calls["triton+graph"] = cuda_graphed(lambda t: on_backend("triton", ours, (t,)), x)
+                calls["compile"] = (lambda f: lambda: f(x))(torch.compile(eager))
                 # the fastconv model under torch.compile (default mode; the ops stay opaque
                 # custom ops, BN folded inside the graph), beside "compile" of the eager model
                 calls["triton+compile"] = (lambda f: lambda: on_backend("triton", f, (x,)))(
                     torch.compile(ours))
-                calls["eager+graph"] = cuda_graphed(eager, x)
-                calls["triton+graph"] = cuda_graphed(lambda t: on_backend("triton", ours, (t,)), x)
             else:
                 calls["torch"] = lambda: on_backend("torch", ours, (x,))
             for prov, call in calls.items():
@@ -82,8 +83,12 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=
                              "max_abs_err_vs_eager": (out.float() - ref.float()).abs().max().item(),
                              "rel_err_vs_eager": reference.rel_error(out, ref),
                              "rel_err_vs_fp32": reference.rel_error(out, ref32)})
+                if on_rows:
+                    on_rows(rows)
         if train_step:
             rows += _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter)
+            if on_rows:
+                on_rows(rows)
     for row in rows:
         base = next(r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
                     and r["provider"] == "eager")

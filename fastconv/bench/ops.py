@@ -22,7 +22,8 @@ def providers(on_gpu, wanted):
     return {k: v for k, v in names.items() if not wanted or k in wanted}
 
 
-def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=True):
+def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=True, on_rows=None):
+    """Rows of every (case, provider); `on_rows(rows)` after each case (a killed run keeps them)."""
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     rows = []
@@ -65,6 +66,8 @@ def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=T
             # the strongest baseline: Inductor's max-autotune (a 1x1 conv as a tuned Triton matmul)
             best = times.get("compile-max-autotune")
             row["vs_compile_max_autotune"] = best / row["median_ms"] if best else None
+        if on_rows:
+            on_rows(rows)
         if progress:
             print(f"\r[{i + 1}/{len(plan)}] {case.op} {case.label} {dn}", end="", file=sys.stderr)
     if progress:
