@@ -242,8 +242,8 @@ def _tiles(C, rows, cols, unit, band, elem_size):
     """
     tile = TILE_BYTES // elem_size
     if unit == UNIT_C.value:
-        widest = MAX_C_BYTES // elem_size
-        divisors = [b for b in (widest, widest // 2, widest // 4, widest // 8) if C % b == 0]
+        widest, vec = MAX_C_BYTES // elem_size, VECTOR // elem_size
+        divisors = [b for b in (widest, widest // 2, widest // 4, widest // 8) if b >= vec and C % b == 0]
         block_c = divisors[0] if divisors else min(widest, triton.next_power_of_2(C))
         block_cols = min(triton.next_power_of_2(cols), max(1, tile // block_c))
     else:
@@ -255,9 +255,13 @@ def _tiles(C, rows, cols, unit, band, elem_size):
 
 
 def _band(stride):
-    # Stride 1: 8 output rows read 10 input rows (k = 3), 1.25 reads per row; stride 2:
-    # 4 output rows read 9, 2.25 (the floor is 2). Bigger bands add unrolled code, not speed.
+    """Output rows per forward program. Stride 1: 8 output rows read 10 input rows (k = 3),
+    1.25 reads per row; stride 2: 4 output rows read 9, 2.25 (the floor is 2). Bigger bands
+    add unrolled code, not speed."""
     return 8 if stride == 1 else 4
+
+
+BACKWARD_BAND = 4  # input-gradient rows per backward program: amortises the column index math
 
 
 def pool_forward(x, out, idx, geometry, is_max):
@@ -289,7 +293,7 @@ def pool_backward(grad_out, grad_in, idx, geometry, is_max):
     N, C, H, W = grad_in.shape
     OH, OW = grad_out.shape[2:]
     unit = _unit(grad_in)
-    block_rows, block_cols, block_c, num_warps = _tiles(C, H, W, unit, 4, grad_in.element_size())
+    block_rows, block_cols, block_c, num_warps = _tiles(C, H, W, unit, BACKWARD_BAND, grad_in.element_size())
     n_bands = triton.cdiv(H, block_rows)
     grid = (N * n_bands, triton.cdiv(W, block_cols), triton.cdiv(C, block_c))
     idx = idx if idx is not None else grad_out  # not read by the average kernel
