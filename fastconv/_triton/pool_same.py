@@ -69,12 +69,12 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands,
     h_top = oh0 * SH - pad_h  # the first input row of the band's first window
     w_left = ow * SW - pad_w  # each output column's first window column
 
-    # The KW window columns of each output column: offsets and masks, the same in every row.
-    col_offs = ()
+    # The KW window columns of each output column: masks, and offsets as those of the
+    # first plus kw * sx_w (a scalar: one tile of 64-bit offsets in registers, not KW).
+    x_cols = _tile_offsets(w_left.to(tl.int64), c, sx_w, sx_c, X_UNIT)
     col_ok = ()
     for kw in tl.static_range(KW):
         w = w_left + kw
-        col_offs = col_offs + (_tile_offsets(w.to(tl.int64), c, sx_w, sx_c, X_UNIT),)
         col_ok = col_ok + ((w >= 0) & (w < W) & c_ok,)
 
     # Mainloop: each input row of the band once. Row reduction over the KW window
@@ -90,7 +90,7 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands,
         for kw in tl.static_range(KW):
             real = row_ok & col_ok[kw]
             if IS_MAX:
-                v = tl.load(row + col_offs[kw], mask=real, other=float("-inf"))
+                v = tl.load(row + kw * sx_w + x_cols, mask=real, other=float("-inf"))
                 if kw == 0:
                     best = v
                     if WRITE_IDX:
@@ -104,7 +104,7 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands,
                 else:
                     best = tl.maximum(best, v, propagate_nan=tl.PropagateNan.ALL)
             else:
-                v = tl.load(row + col_offs[kw], mask=real, other=0.0).to(ACC)
+                v = tl.load(row + kw * sx_w + x_cols, mask=real, other=0.0).to(ACC)
                 if kw == 0:
                     best = v
                 else:
@@ -167,21 +167,20 @@ def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands,
     c_ok = c < C
     g_img = g_ptr + n * sg_n
     i_img = idx_ptr + n * si_n
-    # The CAND_W candidate window columns of each cell: offsets, masks, the cell's
-    # column inside the window (max) or the window's real columns (average).
+    # The CAND_W candidate window columns of each cell: masks, the cell's column inside
+    # the window (max) or the window's real columns (average); offsets as those of the
+    # last window plus -j * stride (a scalar: one tile of 64-bit offsets per tensor).
     ow_last = (w + pad_w) // SW  # the last window column that starts at or left of w
-    g_offs = ()
-    i_offs = ()
+    g_cols = _tile_offsets(ow_last.to(tl.int64), c, sg_w, sg_c, G_UNIT)
+    if IS_MAX:
+        i_cols = _tile_offsets(ow_last.to(tl.int64), c, si_w, si_c, I_UNIT)
     col_ok = ()
     col_pos = ()
     for j in tl.static_range(CAND_W):
         ow = ow_last - j
         w0 = ow * SW - pad_w
-        ow64 = ow.to(tl.int64)
-        g_offs = g_offs + (_tile_offsets(ow64, c, sg_w, sg_c, G_UNIT),)
         col_ok = col_ok + ((ow >= 0) & (ow < OW) & (w - w0 < KW) & c_ok,)
         if IS_MAX:
-            i_offs = i_offs + (_tile_offsets(ow64, c, si_w, si_c, I_UNIT),)
             col_pos = col_pos + (w - w0,)
         else:
             col_pos = col_pos + (tl.minimum(w0 + KW, W) - tl.maximum(w0, 0),)
@@ -201,9 +200,9 @@ def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands,
                 row_sum = tl.zeros([BLOCK_COLS, BLOCK_C], ACC)
             for j in tl.static_range(CAND_W):
                 hit = row_ok & col_ok[j]
-                g = tl.load(g_row + g_offs[j], mask=hit, other=0.0).to(ACC)
+                g = tl.load(g_row - j * sg_w + g_cols, mask=hit, other=0.0).to(ACC)
                 if IS_MAX:
-                    arg = tl.load(i_row + i_offs[j], mask=hit, other=-1)
+                    arg = tl.load(i_row - j * si_w + i_cols, mask=hit, other=-1)
                     acc += tl.where(arg == row_pos + col_pos[j], g, 0.0)
                 else:
                     row_sum += g / tl.maximum(col_pos[j], 1).to(ACC)  # g = 0 off-window: no 0/0
