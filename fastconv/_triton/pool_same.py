@@ -38,13 +38,14 @@ UNIT_NONE: tl.constexpr = tl.constexpr(2)
 
 @triton.jit
 def _tile_offsets(col, c, s_col, s_c, UNIT: tl.constexpr):
-    """Element offsets of the [cols, channels] tile (col [B, 1], c [1, BC]) within one row."""
+    """64-bit element offsets of the [cols, channels] tile (col [B, 1] int64, c [1, BC])
+    within one row."""
     if UNIT == UNIT_C:
         offs = col * s_col + c
     elif UNIT == UNIT_W:
-        offs = col + c * s_c
+        offs = col + c.to(tl.int64) * s_c
     else:
-        offs = col * s_col + c * s_c
+        offs = col * s_col + c.to(tl.int64) * s_c
     return offs
 
 
