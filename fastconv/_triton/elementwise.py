@@ -70,7 +70,7 @@ def _binary_kernel(a_ptr, b_ptr, out_ptr, numel, C, H, W,
 
 VECTOR = 16  # bytes per thread per access: one 128-bit load/store
 NUM_WARPS = 4
-MIN_WAVES = 4  # grid / programs resident at once: a ragged last wave then idles SMs for at most ~1/4 of the run
+MIN_WAVES = 4  # grid / programs resident at once; a ragged last wave then idles SMs <= ~1/4 of the run
 RESIDENT = 2048 // (32 * NUM_WARPS)  # programs an SM holds at once (2048 threads per SM)
 
 

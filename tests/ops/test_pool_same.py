@@ -201,7 +201,8 @@ def test_triton_tiles_move_whole_vectors(pool, element_size):
     from fastconv._triton import pool_same
     C, hw, k, s = pool
     oh = -(-hw // s)
-    rows, cols, block_c, warps = pool_same._tiles(C, oh, oh, pool_same.UNIT_C.value, pool_same._band(s), element_size)
+    rows, cols, block_c, warps = pool_same._tiles(C, oh, oh, pool_same.UNIT_C.value, pool_same._band(s),
+                                                  element_size)
     assert C % block_c == 0 and block_c * element_size % pool_same.VECTOR == 0
     assert cols * block_c * element_size >= warps * 32 * pool_same.VECTOR
     assert 1 <= rows <= oh and -(-oh // rows) * rows - oh < rows
