@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close,
+from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close, gpu,
                             assert_layout_like_eager, make_input, unchanged)
 
 SHAPES = [(2, 3, 7, 7), (1, 17, 13, 13), (2, 5, 1, 1), (1, 3, 8, 6)]
@@ -206,3 +206,32 @@ def test_triton_tiles_move_whole_vectors(pool, element_size):
     assert C % block_c == 0 and block_c * element_size % pool_same.VECTOR == 0
     assert cols * block_c * element_size >= warps * 32 * pool_same.VECTOR
     assert 1 <= rows <= oh and -(-oh // rows) * rows - oh < rows
+
+
+@gpu
+@pytest.mark.parametrize("pool", MODEL_POOLS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_triton_model_shapes_bf16(pool, kind):
+    """The compiled kernels at the tiles the models get (full bands, 16-byte vectors),
+    bf16 channels_last: max bit-equal to PyTorch's kernel (values and gradient), average
+    within bf16 rounding of the float64 reference."""
+    C, hw, k, s = pool
+    x = make_input((2, C, hw, hw), torch.bfloat16, "nhwc")
+    grad = torch.randn((2, C, -(-hw // s), -(-hw // s)), device=DEVICE).to(torch.bfloat16)
+    results = []
+    for backend in ("torch", "triton"):
+        xb = x.detach().clone().requires_grad_()
+        with fastconv.use_backend(backend):
+            out = OPS[kind][0](xb, k, s)
+            out.backward(grad)
+        results.append((out, xb.grad))
+    (ref, ref_grad), (out, x_grad) = results
+    if kind == "max":
+        assert torch.equal(out, ref)
+        assert_close(x_grad, ref_grad.double(), torch.bfloat16, "x.grad")  # sums of up to 4 gradients
+    else:
+        x64 = x.detach().double().requires_grad_()
+        ref64 = reference.avg_pool2d_same(x64, k, s)
+        ref64.backward(grad.double())
+        assert_close(out, ref64, torch.bfloat16)
+        assert_close(x_grad, x64.grad, torch.bfloat16, "x.grad")
