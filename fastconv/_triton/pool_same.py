@@ -50,7 +50,7 @@ def _tile_offsets(col, c, s_col, s_c, UNIT: tl.constexpr):
 
 
 @triton.jit
-def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands,
+def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands, n_strips,
                      sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, pad_h, pad_w,
                      # window geometry
                      KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -59,12 +59,14 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands,
                      OUT_UNIT: tl.constexpr, ACC: tl.constexpr,
                      # tile
                      BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_C: tl.constexpr):
-    # Scheduler: program (image n, band of BLOCK_ROWS output rows) x column strip x channel strip.
+    # Scheduler: program (image n, band of BLOCK_ROWS output rows, column strip) x channel
+    # strip; neighbouring strips of a band run together and share their edge columns in L2.
     pid = tl.program_id(0)
-    n = (pid // n_bands).to(tl.int64)
-    oh0 = (pid % n_bands) * BLOCK_ROWS
-    ow = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)[:, None]
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    strip = pid % n_strips
+    n = (pid // (n_strips * n_bands)).to(tl.int64)
+    oh0 = (pid // n_strips % n_bands) * BLOCK_ROWS
+    ow = strip * BLOCK_COLS + tl.arange(0, BLOCK_COLS)[:, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     c_ok = c < C
     x_img = x_ptr + n * sx_n
     h_top = oh0 * SH - pad_h  # the first input row of the band's first window
@@ -146,7 +148,7 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands,
 
 
 @triton.jit
-def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands,
+def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands, n_strips,
                      sg_n, sg_c, sg_h, sg_w, si_n, si_c, si_h, si_w, so_n, so_c, so_h, so_w,
                      pad_h, pad_w,
                      # window geometry; CAND_*: windows containing a cell, per axis (ceil(k / s))
@@ -160,11 +162,13 @@ def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands,
     # Gather, no atomics: a program owns a [BLOCK_COLS, BLOCK_C] tile of BLOCK_ROWS rows
     # of the input gradient; each cell sums the gradient of the windows containing it
     # (max: only those whose argmax, read from idx, is this cell).
+    # Scheduler: as the forward's, (image, band of rows, column strip) x channel strip.
     pid = tl.program_id(0)
-    n = (pid // n_bands).to(tl.int64)
-    h_first = (pid % n_bands) * BLOCK_ROWS
-    w = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)[:, None]
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    strip = pid % n_strips
+    n = (pid // (n_strips * n_bands)).to(tl.int64)
+    h_first = (pid // n_strips % n_bands) * BLOCK_ROWS
+    w = strip * BLOCK_COLS + tl.arange(0, BLOCK_COLS)[:, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     c_ok = c < C
     g_img = g_ptr + n * sg_n
     i_img = idx_ptr + n * si_n
@@ -275,9 +279,9 @@ def pool_forward(x, out, idx, geometry, is_max):
     OH, OW = out.shape[2:]
     unit = _unit(x)
     block_rows, block_cols, block_c, num_warps = _tiles(C, OH, OW, unit, _band(sh), x.element_size())
-    n_bands = triton.cdiv(OH, block_rows)
-    grid = (N * n_bands, triton.cdiv(OW, block_cols), triton.cdiv(C, block_c))
-    _pool_fwd_kernel[grid](x, out, idx if idx is not None else out, C, H, W, OH, OW, n_bands,
+    n_bands, n_strips = triton.cdiv(OH, block_rows), triton.cdiv(OW, block_cols)
+    grid = (N * n_bands * n_strips, triton.cdiv(C, block_c))  # axis 1 is limited to 65535
+    _pool_fwd_kernel[grid](x, out, idx if idx is not None else out, C, H, W, OH, OW, n_bands, n_strips,
                            *x.stride(), *out.stride(), ph, pw,
                            KH=kh, KW=kw, SH=sh, SW=sw, IS_MAX=is_max, WRITE_IDX=idx is not None,
                            X_UNIT=unit, OUT_UNIT=_unit(out), ACC=acc_type(x),
@@ -294,10 +298,10 @@ def pool_backward(grad_out, grad_in, idx, geometry, is_max):
     OH, OW = grad_out.shape[2:]
     unit = _unit(grad_in)
     block_rows, block_cols, block_c, num_warps = _tiles(C, H, W, unit, BACKWARD_BAND, grad_in.element_size())
-    n_bands = triton.cdiv(H, block_rows)
-    grid = (N * n_bands, triton.cdiv(W, block_cols), triton.cdiv(C, block_c))
+    n_bands, n_strips = triton.cdiv(H, block_rows), triton.cdiv(W, block_cols)
+    grid = (N * n_bands * n_strips, triton.cdiv(C, block_c))
     idx = idx if idx is not None else grad_out  # not read by the average kernel
-    _pool_bwd_kernel[grid](grad_out, idx, grad_in, C, H, W, OH, OW, n_bands,
+    _pool_bwd_kernel[grid](grad_out, idx, grad_in, C, H, W, OH, OW, n_bands, n_strips,
                            *grad_out.stride(), *idx.stride(), *grad_in.stride(), ph, pw,
                            KH=kh, KW=kw, SH=sh, SW=sw, CAND_H=triton.cdiv(kh, sh), CAND_W=triton.cdiv(kw, sw),
                            IS_MAX=is_max, G_UNIT=_unit(grad_out), I_UNIT=_unit(idx), OUT_UNIT=unit,
