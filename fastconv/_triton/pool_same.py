@@ -159,19 +159,18 @@ def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands, n_strips
                      OUT_UNIT: tl.constexpr, ACC: tl.constexpr,
                      # tile
                      BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_C: tl.constexpr):
-    # Gather, no atomics: a program owns a [BLOCK_COLS, BLOCK_C] tile of BLOCK_ROWS rows
-    # of the input gradient; each cell sums the gradient of the windows containing it
-    # (max: only those whose argmax, read from idx, is this cell).
+    # Gather, no atomics: a program owns a [BLOCK_ROWS, BLOCK_COLS, BLOCK_C] tile of the
+    # input gradient; each cell sums the gradient of the windows containing it (max: only
+    # those whose argmax, read from idx, is this cell). No reuse across rows to exploit
+    # here, so the rows are a tile axis (one set of instructions for all of them).
     # Scheduler: as the forward's, (image, band of rows, column strip) x channel strip.
     pid = tl.program_id(0)
     strip = pid % n_strips
     n = (pid // (n_strips * n_bands)).to(tl.int64)
-    h_first = (pid // n_strips % n_bands) * BLOCK_ROWS
-    w = strip * BLOCK_COLS + tl.arange(0, BLOCK_COLS)[:, None]
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    h = (pid // n_strips % n_bands) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)[:, None, None]
+    w = strip * BLOCK_COLS + tl.arange(0, BLOCK_COLS)[None, :, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     c_ok = c < C
-    g_img = g_ptr + n * sg_n
-    i_img = idx_ptr + n * si_n
     # The CAND_W candidate window columns of each cell: masks, the cell's column inside
     # the window (max) or the window's real columns (average); offsets as those of the
     # last window plus -j * stride (a scalar: one tile of 64-bit offsets per tensor).
@@ -188,34 +187,29 @@ def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands, n_strips
         if IS_MAX:
             col_pos = col_pos + (w - w0,)
         else:
-            col_pos = col_pos + (tl.minimum(w0 + KW, W) - tl.maximum(w0, 0),)
-    for r in tl.static_range(BLOCK_ROWS):
-        h = h_first + r
-        oh_last = (h + pad_h) // SH
-        acc = tl.zeros([BLOCK_COLS, BLOCK_C], ACC)
-        for i in tl.static_range(CAND_H):
-            oh = oh_last - i
-            h0 = oh * SH - pad_h
-            row_ok = (oh >= 0) & (oh < OH) & (h - h0 < KH)
-            g_row = g_img + oh.to(tl.int64) * sg_h
+            col_pos = col_pos + (tl.maximum(tl.minimum(w0 + KW, W) - tl.maximum(w0, 0), 1),)
+    oh_last = (h + pad_h) // SH  # the last window row that starts at or above h
+    acc = tl.zeros([BLOCK_ROWS, BLOCK_COLS, BLOCK_C], ACC)
+    for i in tl.static_range(CAND_H):
+        oh = oh_last - i
+        h0 = oh * SH - pad_h
+        row_ok = (oh >= 0) & (oh < OH) & (h - h0 < KH)
+        g_rows = g_ptr + n * sg_n + oh.to(tl.int64) * sg_h
+        if IS_MAX:
+            i_rows = idx_ptr + n * si_n + oh.to(tl.int64) * si_h
+            row_pos = (h - h0) * KW  # the cell's row inside window row oh, as idx counts
+        else:
+            real_rows = tl.maximum(tl.minimum(h0 + KH, H) - tl.maximum(h0, 0), 1)  # >= 1: no 0/0
+        for j in tl.static_range(CAND_W):
+            hit = row_ok & col_ok[j]
+            g = tl.load(g_rows - j * sg_w + g_cols, mask=hit, other=0.0).to(ACC)
             if IS_MAX:
-                i_row = i_img + oh.to(tl.int64) * si_h
-                row_pos = (h - h0) * KW  # the cell's row inside window row oh, as in idx
+                arg = tl.load(i_rows - j * si_w + i_cols, mask=hit, other=-1)
+                acc += tl.where(arg == row_pos + col_pos[j], g, 0.0)
             else:
-                row_sum = tl.zeros([BLOCK_COLS, BLOCK_C], ACC)
-            for j in tl.static_range(CAND_W):
-                hit = row_ok & col_ok[j]
-                g = tl.load(g_row - j * sg_w + g_cols, mask=hit, other=0.0).to(ACC)
-                if IS_MAX:
-                    arg = tl.load(i_row - j * si_w + i_cols, mask=hit, other=-1)
-                    acc += tl.where(arg == row_pos + col_pos[j], g, 0.0)
-                else:
-                    row_sum += g / tl.maximum(col_pos[j], 1).to(ACC)  # g = 0 off-window: no 0/0
-            if not IS_MAX:
-                real_rows = tl.minimum(h0 + KH, H) - tl.maximum(h0, 0)
-                acc += row_sum / tl.maximum(real_rows, 1).to(ACC)
-        out_offs = n * so_n + h.to(tl.int64) * so_h + _tile_offsets(w.to(tl.int64), c, so_w, so_c, OUT_UNIT)
-        tl.store(gin_ptr + out_offs, acc.to(gin_ptr.dtype.element_ty), mask=(h < H) & (w < W) & c_ok)
+                acc += g / (real_rows * col_pos[j]).to(ACC)  # g = 0 off-window
+    out_offs = n * so_n + h.to(tl.int64) * so_h + _tile_offsets(w.to(tl.int64), c, so_w, so_c, OUT_UNIT)
+    tl.store(gin_ptr + out_offs, acc.to(gin_ptr.dtype.element_ty), mask=(h < H) & (w < W) & c_ok)
 
 
 VECTOR = 16  # bytes a thread moves per access
@@ -265,7 +259,21 @@ def _band(stride):
     return 8 if stride == 1 else 4
 
 
-BACKWARD_BAND = 4  # input-gradient rows per backward program: amortises the column index math
+BACKWARD_BAND = 4  # input-gradient rows of a backward tile (a power of 2): shares the column math
+
+
+def _backward_tiles(C, H, W, unit, elem_size):
+    """(BLOCK_ROWS, BLOCK_COLS, BLOCK_C, num_warps) of the backward's 3-D tile: the forward's
+    row tile (_tiles) split over up to BACKWARD_BAND rows, taking the rows from the axis
+    that is not contiguous (columns in NHWC, channels in NCHW), so vectors stay whole."""
+    rows = min(triton.next_power_of_2(H), BACKWARD_BAND)
+    _, cols, block_c, num_warps = _tiles(C, 1, W, unit, 1, elem_size)
+    tile = TILE_BYTES // elem_size
+    if unit == UNIT_C.value:
+        cols = min(cols, max(1, tile // (block_c * rows)))
+    else:
+        block_c = min(block_c, max(1, tile // (cols * rows)))
+    return rows, cols, block_c, num_warps
 
 
 def pool_forward(x, out, idx, geometry, is_max):
@@ -297,7 +305,7 @@ def pool_backward(grad_out, grad_in, idx, geometry, is_max):
     N, C, H, W = grad_in.shape
     OH, OW = grad_out.shape[2:]
     unit = _unit(grad_in)
-    block_rows, block_cols, block_c, num_warps = _tiles(C, H, W, unit, BACKWARD_BAND, grad_in.element_size())
+    block_rows, block_cols, block_c, num_warps = _backward_tiles(C, H, W, unit, grad_in.element_size())
     n_bands, n_strips = triton.cdiv(H, block_rows), triton.cdiv(W, block_cols)
     grid = (N * n_bands * n_strips, triton.cdiv(C, block_c))
     idx = idx if idx is not None else grad_out  # not read by the average kernel
