@@ -4,8 +4,8 @@ The padding is never materialised: a window cell outside the input is masked
 out of the load. Max ignores those cells; average divides by the number of real
 cells in the window (TF semantics).
 
-Tiling (both kernels): a program owns a [BLOCK_COLS, BLOCK_C] tile of one image
-for a band of BLOCK_ROWS rows. The tile's contiguous axis is the tensor's unit-
+Tiling: a program owns a [BLOCK_COLS, BLOCK_C] tile of one image for a band of
+BLOCK_ROWS rows (the backward: one [BLOCK_ROWS, BLOCK_COLS, BLOCK_C] tile). The tile's contiguous axis is the tensor's unit-
 stride one (channels in NHWC, columns in NCHW), written as a literal 1 so Triton
 proves contiguity and emits 16-byte vector accesses (8 bf16 channels per thread).
 
