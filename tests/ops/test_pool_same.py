@@ -196,8 +196,8 @@ MODEL_POOLS = [(64, 112, 3, 2), (192, 56, 3, 2), (192, 28, 3, 1), (480, 28, 3, 2
 @pytest.mark.parametrize("pool", MODEL_POOLS)
 @pytest.mark.parametrize("element_size", [2, 4])
 def test_triton_tiles_move_whole_vectors(pool, element_size):
-    """At the models' NHWC shapes each thread of a program moves whole 16-byte vectors
-    along the channels and no channel strip is partly empty."""
+    """At the models' NHWC shapes each thread of a program (forward and backward) moves
+    whole 16-byte vectors along the channels and no channel strip is partly empty."""
     from fastconv._triton import pool_same
     C, hw, k, s = pool
     oh = -(-hw // s)
@@ -206,6 +206,9 @@ def test_triton_tiles_move_whole_vectors(pool, element_size):
     assert C % block_c == 0 and block_c * element_size % pool_same.VECTOR == 0
     assert cols * block_c * element_size >= warps * 32 * pool_same.VECTOR
     assert 1 <= rows <= oh and -(-oh // rows) * rows - oh < rows
+    rows, cols, block_c, warps = pool_same._backward_tiles(C, hw, hw, pool_same.UNIT_C.value, element_size)
+    assert C % block_c == 0 and block_c * element_size % pool_same.VECTOR == 0
+    assert rows * cols * block_c * element_size >= warps * 32 * pool_same.VECTOR
 
 
 @gpu
