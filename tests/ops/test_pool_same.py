@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close,
+from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close, gpu,
                             assert_layout_like_eager, make_input, unchanged)
 
 SHAPES = [(2, 3, 7, 7), (1, 17, 13, 13), (2, 5, 1, 1), (1, 3, 8, 6)]
@@ -98,12 +98,144 @@ def test_errors():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_opcheck_and_gradcheck(backend):
-    x = make_input((2, 3, 6, 5), torch.float64, "nhwc", requires_grad=True)
+    x = make_input((1, 3, 6, 5), torch.float64, "nhwc", requires_grad=True)  # one image: CI time
     with fastconv.use_backend(backend):
         for name in ("max_pool2d_same", "avg_pool2d_same"):
             torch.library.opcheck(getattr(torch.ops.fastconv, name).default, (x, [3, 2], [2, 1]))
-        g = torch.randn(2, 3, 3, 5, dtype=torch.float64, device=DEVICE)
+        g = torch.randn(1, 3, 3, 5, dtype=torch.float64, device=DEVICE)
         torch.library.opcheck(torch.ops.fastconv.pool2d_same_backward.default,
                               (g, x.detach(), [3, 2], [2, 1], True))
         for op in (fastconv.max_pool2d_same, fastconv.avg_pool2d_same):
             assert torch.autograd.gradcheck(lambda t: op(t, (3, 2), (2, 1)), (x,))
+
+
+# The Triton kernels' paths (fastconv._triton.pool_same): the NHWC vector path, the
+# NCHW path and the strided fallback, tiles split along rows, columns and channels.
+SPECIAL = torch.tensor([float("-inf"), 0.0, 1.0, 2.0, float("nan")])
+
+
+@pytest.mark.parametrize("layout, dtype", [("nchw", torch.float32), ("nhwc", torch.float16),
+                                           ("strided", torch.float32)])
+@pytest.mark.parametrize("geometry", [(3, 2), (3, 1), (2, 2)])
+def test_triton_max_ties_nan_inf_match_torch(layout, dtype, geometry, poison):
+    """Many ties, NaNs, -inf and an all -inf window: the values and the routing of the
+    gradient (first maximum in scan order, NaN wins, an all -inf window's first cell)
+    equal PyTorch's own kernel, exactly (integer gradients sum exactly). The border is
+    finite: the torch backend pools a -inf-padded copy, where an all -inf window that
+    touches the padding would send its gradient to a padding cell."""
+    k, s = geometry
+    pick = torch.multinomial(torch.tensor([0.3, 0.3, 0.2, 0.15, 0.05]), 2 * 5 * 7 * 6, replacement=True)
+    x = make_input((2, 5, 7, 6), dtype, layout)
+    x.copy_(SPECIAL[pick].view(2, 5, 7, 6))
+    border = torch.ones(7, 6, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    x[:, :, border] = torch.randint(0, 3, (2, 5, int(border.sum()))).to(dtype)
+    x[0, 1, 1:4, 2:5] = float("-inf")  # holds a whole window in each geometry
+    grad = torch.randint(-3, 4, (2, 5) + tuple(-(-d // s) for d in (7, 6))).to(dtype)
+    results = []
+    for backend in ("torch", "triton"):
+        xb = x.detach().clone().requires_grad_()
+        with fastconv.use_backend(backend):
+            out = fastconv.max_pool2d_same(xb, k, s)
+            out.backward(grad)
+        results.append((out, xb.grad))
+    (ref, ref_grad), (out, x_grad) = results
+    assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0))
+    assert torch.equal(x_grad, ref_grad)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("geometry", [(3, 2), (3, 1)])
+def test_triton_channels_129_nhwc(kind, geometry, poison):
+    """Odd C over several channel strips, the last one partly masked (the NHWC vector path)."""
+    op, ref_op = OPS[kind]
+    k, s = geometry
+    x = make_input((1, 129, 3, 4), torch.float16, "nhwc", requires_grad=True)
+    with fastconv.use_backend("triton"):
+        out = op(x, k, s)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    ref = ref_op(x64, k, s)
+    ref.backward(grad.double())
+    assert_close(out, ref, torch.float16)
+    assert_close(x.grad, x64.grad, torch.float16, "x.grad")
+
+
+@pytest.mark.parametrize("layout, kind, geometry", [
+    ("nhwc", "max", (3, 2)), ("nhwc", "max", (3, 1)), ("nhwc", "avg", (3, 1)),
+    ("nchw", "max", (3, 1)), ("nchw", "avg", (3, 2)), ("strided", "max", (3, 2))])
+def test_triton_small_tiles(layout, kind, geometry, monkeypatch, poison):
+    """Tiles shrunk so that a tiny input spans several row bands, column strips and
+    channel strips, the last of each partial: every tile edge and mask is exercised."""
+    from fastconv._triton import pool_same
+    monkeypatch.setattr(pool_same, "TILE_BYTES", 64)
+    monkeypatch.setattr(pool_same, "MAX_C_BYTES", 16)
+    monkeypatch.setattr(pool_same, "MAX_COLS", 4)
+    monkeypatch.setattr(pool_same, "_band", lambda stride: 2)
+    monkeypatch.setattr(pool_same, "BACKWARD_BAND", 2)
+    op, ref_op = OPS[kind]
+    k, s = geometry
+    x = make_input((1, 6, 5, 9), torch.float32, layout, requires_grad=True)
+    with fastconv.use_backend("triton"):
+        out = op(x, k, s)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    ref = ref_op(x64, k, s)
+    ref.backward(grad.double())
+    assert_close(out, ref, torch.float32)
+    assert_close(x.grad, x64.grad, torch.float32, "x.grad")
+
+
+# (C, H = W, k, s) of GoogLeNet's and ResNet's pools (issue 13)
+MODEL_POOLS = [(64, 112, 3, 2), (192, 56, 3, 2), (192, 28, 3, 1), (480, 28, 3, 2), (480, 14, 3, 1),
+               (832, 14, 2, 2), (832, 14, 3, 2), (832, 7, 3, 1), (1024, 7, 3, 1)]
+
+
+@pytest.mark.parametrize("pool", MODEL_POOLS)
+@pytest.mark.parametrize("element_size", [2, 4])
+def test_triton_tiles_move_whole_vectors(pool, element_size):
+    """At the models' NHWC shapes each thread of a program (forward and backward) moves
+    whole 16-byte vectors along the channels and no channel strip is partly empty."""
+    from fastconv._triton import pool_same
+    C, hw, k, s = pool
+    oh = -(-hw // s)
+    rows, cols, block_c, warps = pool_same._tiles(C, oh, oh, pool_same.UNIT_C.value, pool_same._band(s),
+                                                  element_size)
+    assert C % block_c == 0 and block_c * element_size % pool_same.VECTOR == 0
+    assert cols * block_c * element_size >= warps * 32 * pool_same.VECTOR
+    assert 1 <= rows <= oh and -(-oh // rows) * rows - oh < rows
+    rows, cols, block_c, warps = pool_same._backward_tiles(C, hw, hw, pool_same.UNIT_C.value, element_size)
+    assert C % block_c == 0 and block_c * element_size % pool_same.VECTOR == 0
+    assert rows * cols * block_c * element_size >= warps * 32 * pool_same.VECTOR
+
+
+@gpu
+@pytest.mark.parametrize("kind, pool", [("max", (64, 112, 3, 2)), ("max", (480, 14, 3, 1)),
+                                        ("max", (832, 14, 2, 2)), ("avg", (1024, 7, 3, 1))])
+def test_triton_model_shapes_bf16(kind, pool):
+    """The compiled kernels at tiles the models get (full bands; 4 and 2 warps; 16-byte
+    vectors), bf16 channels_last: max equal to PyTorch's kernel (values exactly; gradient
+    within bf16 rounding), average within bf16 rounding of the float64 reference. Four
+    cases: each tile is a compile of its own (GPU check time)."""
+    C, hw, k, s = pool
+    x = make_input((2, C, hw, hw), torch.bfloat16, "nhwc")
+    grad = torch.randn((2, C, -(-hw // s), -(-hw // s)), device=DEVICE).to(torch.bfloat16)
+    results = []
+    for backend in ("torch", "triton"):
+        xb = x.detach().clone().requires_grad_()
+        with fastconv.use_backend(backend):
+            out = OPS[kind][0](xb, k, s)
+            out.backward(grad)
+        results.append((out, xb.grad))
+    (ref, ref_grad), (out, x_grad) = results
+    if kind == "max":
+        assert torch.equal(out, ref)
+        assert_close(x_grad, ref_grad.double(), torch.bfloat16, "x.grad")  # sums of up to 4 gradients
+    else:
+        x64 = x.detach().double().requires_grad_()
+        ref64 = reference.avg_pool2d_same(x64, k, s)
+        ref64.backward(grad.double())
+        assert_close(out, ref64, torch.bfloat16)
+        assert_close(x_grad, x64.grad, torch.bfloat16, "x.grad")
