@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastconv._triton.conv1x1 import _tile_coords
 from fastconv._triton.elementwise import acc_type
 
 # How the GEMM's A tile is loaded (a named constexpr mode).
@@ -83,16 +84,8 @@ def _split_gemm_kernel(
         A_LOAD: tl.constexpr, NUM_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
         PRECISION: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # Scheduler: grouped program order (Triton's matmul tutorial): GROUP_M row tiles
-    # share each weight column tile while it is hot in L2.
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(COUT, BLOCK_N)
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    group_size = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
-    pid_n = (pid % (GROUP_M * num_n)) // group_size
+    # Scheduler: the 1x1 conv's grouped program order (weight column tiles stay hot in L2).
+    pid_m, pid_n = _tile_coords(tl.program_id(0), M, COUT, BLOCK_M, BLOCK_N, GROUP_M)
 
     # rows: BLOCK_M pixels; cols: BLOCK_N output channels of the GEMM.
     if INDEX_64:

@@ -145,12 +145,12 @@ def test_triton_max_ties_nan_inf_match_torch(layout, dtype, geometry, poison):
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("geometry", [(3, 2), (3, 1)])
-def test_triton_channels_129_nhwc(kind, geometry, poison):
-    """Odd C over several channel strips, the last one partly masked (the NHWC vector path)."""
+
+def _triton_against_float64(kind, geometry, shape, dtype, layout):
+    """The Triton pool forward and backward against the float64 reference."""
     op, ref_op = OPS[kind]
     k, s = geometry
-    x = make_input((1, 129, 3, 4), torch.float16, "nhwc", requires_grad=True)
+    x = make_input(shape, dtype, layout, requires_grad=True)
     with fastconv.use_backend("triton"):
         out = op(x, k, s)
         grad = torch.randn_like(out)
@@ -158,8 +158,13 @@ def test_triton_channels_129_nhwc(kind, geometry, poison):
     x64 = x.detach().double().requires_grad_()
     ref = ref_op(x64, k, s)
     ref.backward(grad.double())
-    assert_close(out, ref, torch.float16)
-    assert_close(x.grad, x64.grad, torch.float16, "x.grad")
+    assert_close(out, ref, dtype)
+    assert_close(x.grad, x64.grad, dtype, "x.grad")
+
+@pytest.mark.parametrize("geometry", [(3, 2), (3, 1)])
+def test_triton_channels_129_nhwc(kind, geometry, poison):
+    """Odd C over several channel strips, the last one partly masked (the NHWC vector path)."""
+    _triton_against_float64(kind, geometry, (1, 129, 3, 4), torch.float16, "nhwc")
 
 
 @pytest.mark.parametrize("layout, kind, geometry", [
@@ -174,18 +179,7 @@ def test_triton_small_tiles(layout, kind, geometry, monkeypatch, poison):
     monkeypatch.setattr(pool_same, "MAX_COLS", 4)
     monkeypatch.setattr(pool_same, "_band", lambda stride: 2)
     monkeypatch.setattr(pool_same, "BACKWARD_BAND", 2)
-    op, ref_op = OPS[kind]
-    k, s = geometry
-    x = make_input((1, 6, 5, 9), torch.float32, layout, requires_grad=True)
-    with fastconv.use_backend("triton"):
-        out = op(x, k, s)
-        grad = torch.randn_like(out)
-        out.backward(grad)
-    x64 = x.detach().double().requires_grad_()
-    ref = ref_op(x64, k, s)
-    ref.backward(grad.double())
-    assert_close(out, ref, torch.float32)
-    assert_close(x.grad, x64.grad, torch.float32, "x.grad")
+    _triton_against_float64(kind, geometry, (1, 6, 5, 9), torch.float32, layout)
 
 
 # (C, H = W, k, s) of GoogLeNet's and ResNet's pools (issue 13)
