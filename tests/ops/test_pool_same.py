@@ -144,8 +144,6 @@ def test_triton_max_ties_nan_inf_match_torch(layout, dtype, geometry, poison):
     assert torch.equal(x_grad, ref_grad)
 
 
-@pytest.mark.parametrize("kind", ["max", "avg"])
-
 def _triton_against_float64(kind, geometry, shape, dtype, layout):
     """The Triton pool forward and backward against the float64 reference."""
     op, ref_op = OPS[kind]
@@ -161,6 +159,8 @@ def _triton_against_float64(kind, geometry, shape, dtype, layout):
     assert_close(out, ref, dtype)
     assert_close(x.grad, x64.grad, dtype, "x.grad")
 
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("geometry", [(3, 2), (3, 1)])
 def test_triton_channels_129_nhwc(kind, geometry, poison):
     """Odd C over several channel strips, the last one partly masked (the NHWC vector path)."""
