@@ -118,7 +118,7 @@ int conv1x1_gemm_nchw_copy_bytes(const ConvGemmParams& p, DType dtype) {
   const bool w_rows = (p.w_i == 1 || p.cin == 1) && aligned16(p.w) && multiple_of(p.w_o, p.cout, 8);
   const bool outs = flat(p.os_h, p.os_w) && (p.residual == nullptr || flat(p.rs_h, p.rs_w));
   const bool fits = N * ((p.cout + 127) / 128) * ((pixels + 127) / 128) < (int64_t(1) << 31) &&
-                    p.cin < (int64_t(1) << 31);
+                    p.cin * 2 < (int64_t(1) << 31) - 128;  // the load path's 32-bit K offsets
   if (!(flat(p.xs_h, p.xs_w) && w_rows && outs && fits)) return 0;
   // x's channel planes: 16-byte copies where they are 16-byte aligned (H x W a multiple of 8),
   // 8-byte ones where 8-byte aligned (14x14: 392-byte planes). 7x7's 98-byte planes are only

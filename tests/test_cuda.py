@@ -240,7 +240,8 @@ def test_pools_vectorized(dtype, kind, geometry, poison):
 
 @gpu
 def test_sanitizer_short_run():
-    """Every CUDA kernel once, forward and backward, at odd sizes (run under compute-sanitizer)."""
+    """Each CUDA kernel family once, forward and backward, at odd sizes, in one short pytest run
+    (bench/sanitize_cuda.py is the sanitizer step's run over every kernel)."""
     with fastconv.use_backend("cuda"):
         for dtype in (torch.float16, torch.float32):
             x = make_input((2, 17, 7, 9), dtype, "strided", requires_grad=True)
