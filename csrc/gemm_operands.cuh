@@ -130,8 +130,8 @@ struct PixelMajorTile {
     cin_ = static_cast<int>(p.cin);
   }
 
-  // K rows past Cin (the last K block) are zero-filled, their copies pointed at the image's
-  // channel 0: rows grow with i, so those rows are the last copies of the thread.
+  // K rows past Cin (in the last K block) are zero-filled; their 0-byte copies get the image's
+  // channel 0 as address, one inside x.
   __device__ __forceinline__ void load(uint32_t stage, int kb) const {
     const int k0 = kb * BK + row0_;  // input channel of this thread's first row
     const char* src = image_ + int64_t(k0) * row_step_;
