@@ -40,6 +40,11 @@ __device__ __forceinline__ void store16(void* dst, const V& v) {
                : "memory");
 }
 
+// The same for 8 bytes (st.global.v2); dst must be 8-byte aligned.
+__device__ __forceinline__ void store8(void* dst, const uint2& v) {
+  asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(dst), "r"(v.x), "r"(v.y) : "memory");
+}
+
 // (n, c, h, w) of flat position i of a dense NCHW (or NHWC) tensor of sizes s.
 struct Index4 { int64_t n, c, h, w; };
 

@@ -218,28 +218,79 @@ __global__ void __launch_bounds__(THREADS, 1) conv1x1_simt(const T* __restrict__
   store_epilogue<BM, T, T>(g, Cs, ldc, o_row, r_row, j0, bias, res, relu, out);
 }
 
-// ReLU mask + bias gradient: each thread owns one channel over a chunk of pixels, so the
-// partial sum needs one atomic per thread. Threads run along channels (coalesced for NHWC).
-template <typename T>
-__global__ void relu_grad_bias_kernel(const T* __restrict__ grad, const T* __restrict__ y,
-                                      T* __restrict__ grad_in, typename Acc<T>::type* bias_grad,
-                                      Shape4 sizes, Shape4 gst, Shape4 yst, Shape4 ist, bool relu,
-                                      int64_t pixels_per_block) {
+// ReLU mask + bias gradient over the pixels (n, h, w) of each channel: grad_in = grad, zeroed
+// where y <= 0 (relu), and bias_grad[c] += the sum of grad_in[:, c]. The host merges pixel dims
+// that run into each other in all three tensors (dense ones: (h, w), or all three), so a block
+// walks whole runs of w, and steps from row to row (n, h) with a carry: no division per element
+// or per row. Threads run along the contiguous axis of grad_in (coalesced loads and stores in
+// both layouts):
+//   kChannelsFast (NHWC): a warp = 32 channels at one pixel; the 8 warps take every 8th pixel.
+//   otherwise (NCHW):     a warp = 32 pixels of a run of one channel; 8 warps = 8 channels.
+// Each thread sums its channel over its pixels; one atomic per channel per block.
+struct GradGeometry {
+  int64_t N, C, H, W, w_chunk;  // sizes after merging; w_chunk: columns per block
+  Shape4 gs, ys, is;            // strides (n, c, h, w) of grad, y and grad_in
+};
+
+// Row r (< 65536: a block or grid index) of the N x H rows as (n, h), without a 64-bit
+// division: none where H > r, a 32-bit one otherwise.
+struct Row { int64_t n, h; };
+__device__ __forceinline__ Row split_row(unsigned r, int64_t H) {
+  if (H > r) return {0, r};
+  const unsigned h32 = static_cast<unsigned>(H);
+  return {r / h32, r % h32};
+}
+
+template <typename T, bool kChannelsFast>
+__global__ void __launch_bounds__(256) relu_grad_bias_kernel(const T* __restrict__ grad, const T* __restrict__ y,
+                                                             T* __restrict__ grad_in, typename Acc<T>::type* bias_grad,
+                                                             GradGeometry g, bool relu) {
   using A = typename Acc<T>::type;
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= sizes.d[1]) return;
-  const int64_t HW = sizes.d[2] * sizes.d[3], P = sizes.d[0] * HW;
-  const int64_t p0 = int64_t(blockIdx.y) * pixels_per_block;
-  const int64_t p1 = p0 + pixels_per_block < P ? p0 + pixels_per_block : P;
+  const int tx = threadIdx.x, ty = threadIdx.y;  // blockDim = (32, 8)
+  const int64_t c = kChannelsFast ? int64_t(blockIdx.x) * 32 + tx : int64_t(blockIdx.x) * 8 + ty;
+  const int first = kChannelsFast ? ty : tx, step = kChannelsFast ? 8 : 32;
+  const int64_t chunk = int64_t(blockIdx.z) * g.w_chunk, w0 = chunk + first;
+  const int64_t w1 = chunk + g.w_chunk < g.W ? chunk + g.w_chunk : g.W;
   A sum = A(0);
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t n = p / HW, h = (p / sizes.d[3]) % sizes.d[2], w = p % sizes.d[3];
-    T g = grad[offset(gst, n, c, h, w)];
-    if (relu && to_acc<A>(y[offset(yst, n, c, h, w)]) <= A(0)) g = from_acc<T>(A(0));
-    grad_in[offset(ist, n, c, h, w)] = g;
-    sum += to_acc<A>(g);
+  if (c < g.C) {
+    // rows blockIdx.y, + gridDim.y, ...: (n, h) stepped with a carry, no division per row
+    const Row rows_step = split_row(gridDim.y, g.H);
+    for (Row row = split_row(blockIdx.y, g.H); row.n < g.N;) {
+      const int64_t n = row.n, h = row.h;
+      row.n += rows_step.n;
+      row.h += rows_step.h;
+      if (row.h >= g.H) {
+        row.h -= g.H;
+        ++row.n;
+      }
+      const T* gp = grad + offset(g.gs, n, c, h, w0);
+      const T* yp = y + offset(g.ys, n, c, h, w0);
+      T* ip = grad_in + offset(g.is, n, c, h, w0);
+      for (int64_t w = w0; w < w1; w += step) {
+        T v = *gp;
+        if (relu && to_acc<A>(*yp) <= A(0)) v = from_acc<T>(A(0));
+        *ip = v;
+        sum += to_acc<A>(v);
+        gp += step * g.gs.d[3];
+        yp += step * g.ys.d[3];
+        ip += step * g.is.d[3];
+      }
+    }
   }
-  atomicAdd(bias_grad + c, sum);
+  if constexpr (kChannelsFast) {  // the 8 warps' partial sums of the same 32 channels
+    __shared__ A part[8][32];
+    part[ty][tx] = sum;
+    __syncthreads();
+    if (ty == 0 && c < g.C) {
+#pragma unroll
+      for (int i = 1; i < 8; ++i) sum += part[i][tx];
+      atomicAdd(bias_grad + c, sum);
+    }
+  } else {  // one channel per warp
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    if (tx == 0 && c < g.C) atomicAdd(bias_grad + c, sum);
+  }
 }
 
 }  // namespace
@@ -274,18 +325,22 @@ ConvGemmParams gemm_params(const Conv1x1Args& a) {
   p.os_n = g.ost.d[0]; p.os_c = g.ost.d[1]; p.os_h = g.ost.d[2]; p.os_w = g.ost.d[3];
   p.rs_n = g.rst.d[0]; p.rs_c = g.rst.d[1]; p.rs_h = g.rst.d[2]; p.rs_w = g.rst.d[3];
   p.relu = a.relu;
-  // 16-byte epilogue accesses: channel-contiguous, aligned base and pixel strides.
-  const int64_t vec = 16 / dtype_size(a.dtype), N = a.x_sizes.d[0];
-  const auto vectorizable = [&](const void* ptr, const Shape4& st) {
-    return st.d[1] == 1 && aligned16(ptr) && multiple_of(st.d[0], N, vec) && multiple_of(st.d[2], g.OH, vec) &&
-           multiple_of(st.d[3], g.OW, vec);
+  // The NHWC epilogue's vector accesses along channels: channel-contiguous, aligned base and
+  // pixel strides (16 bytes, else 8; the NCHW GEMM sets its own, along pixels).
+  const int64_t N = a.x_sizes.d[0];
+  const auto width = [&](const void* ptr, const Shape4& st) {
+    return widest_vector([&](int bytes) {
+      const int64_t vec = bytes / dtype_size(a.dtype);
+      return vec > 0 && st.d[1] == 1 && aligned(ptr, bytes) && multiple_of(st.d[0], N, vec) &&
+             multiple_of(st.d[2], g.OH, vec) && multiple_of(st.d[3], g.OW, vec);
+    });
   };
-  p.vec_out = vectorizable(a.out, g.ost);
-  p.vec_res = a.residual != nullptr && vectorizable(a.residual, g.rst);
+  p.vec_out = width(a.out, g.ost);
+  p.vec_res = a.residual != nullptr ? width(a.residual, g.rst) : 0;
   return p;
 }
 
-enum class Kernel { mma_large, mma_narrow, mma_small_m, mma_nchw, wmma, simt };
+enum class Kernel { mma_large, mma_narrow, mma_small_m, mma_nchw, mma_nchw8, wmma, simt };
 
 Kernel choose_kernel(const Conv1x1Args& a, const ConvGemmParams& p, int sms) {
   if (conv1x1_gemm_supported(p, a.dtype, a.tf32)) {
@@ -295,7 +350,11 @@ Kernel choose_kernel(const Conv1x1Args& a, const ConvGemmParams& p, int sms) {
       case TileKind::small_m: return Kernel::mma_small_m;
     }
   }
-  if (conv1x1_gemm_nchw_supported(p, a.dtype)) return Kernel::mma_nchw;
+  switch (conv1x1_gemm_nchw_copy_bytes(p, a.dtype)) {
+    case 16: return Kernel::mma_nchw;
+    case 8: return Kernel::mma_nchw8;
+    default: break;
+  }
   const bool tensor_cores = a.dtype == DType::f16 || a.dtype == DType::bf16 || (a.dtype == DType::f32 && a.tf32);
   return tensor_cores ? Kernel::wmma : Kernel::simt;
 }
@@ -308,6 +367,7 @@ const char* conv1x1_kernel_name(const Conv1x1Args& args, int sms) {
     case Kernel::mma_narrow: return "mma_128x64";
     case Kernel::mma_small_m: return "mma_64x128";
     case Kernel::mma_nchw: return "mma_nchw_128x128";
+    case Kernel::mma_nchw8: return "mma_nchw8_128x128";
     case Kernel::wmma: return "wmma";
     case Kernel::simt: return "simt";
   }
@@ -327,7 +387,8 @@ cudaError_t conv1x1(const Conv1x1Args& a, cudaStream_t stream) {
     case Kernel::mma_large: return conv1x1_gemm(p, a.dtype, TileKind::large, device, stream);
     case Kernel::mma_narrow: return conv1x1_gemm(p, a.dtype, TileKind::narrow, device, stream);
     case Kernel::mma_small_m: return conv1x1_gemm(p, a.dtype, TileKind::small_m, device, stream);
-    case Kernel::mma_nchw: return conv1x1_gemm_nchw(p, a.dtype, device, stream);
+    case Kernel::mma_nchw: return conv1x1_gemm_nchw(p, a.dtype, 16, device, stream);
+    case Kernel::mma_nchw8: return conv1x1_gemm_nchw(p, a.dtype, 8, device, stream);
     default: break;
   }
   const auto grid = [&](int bm) {
@@ -352,23 +413,48 @@ cudaError_t conv1x1(const Conv1x1Args& a, cudaStream_t stream) {
   });
 }
 
+namespace {
+
+// Merges pixel dim `outer` into `inner` (sizes z, strides of grad, y, grad_in) where, in all
+// three tensors, stepping `outer` is stepping `inner` past its end: the two walk as one run.
+bool merge_dims(Shape4& z, Shape4 (&st)[3], int outer, int inner) {
+  for (const Shape4& s : st)
+    if (z.d[outer] > 1 && z.d[inner] > 1 && s.d[outer] != z.d[inner] * s.d[inner]) return false;
+  for (Shape4& s : st)
+    if (z.d[inner] == 1) s.d[inner] = s.d[outer];
+  z.d[inner] *= z.d[outer];
+  z.d[outer] = 1;
+  return true;
+}
+
+}  // namespace
+
 cudaError_t relu_grad_bias(const void* grad, const void* y, void* grad_in, void* bias_grad, DType dtype,
                            Shape4 sizes, Shape4 g_strides, Shape4 y_strides, Shape4 gi_strides, bool relu,
                            cudaStream_t stream) {
   const int64_t P = sizes.d[0] * sizes.d[2] * sizes.d[3];
   if (P == 0 || sizes.d[1] == 0) return cudaSuccess;
-  constexpr int threads = 128;
-  // 256 pixels a block: enough blocks to fill the GPU, few atomics; more where the grid's
-  // y dimension (at most 65535) would not cover all pixels.
-  const int64_t pixels_per_block = P / 256 < 65535 ? 256 : (P + 65534) / 65535;
-  const dim3 grid(static_cast<unsigned>((sizes.d[1] + threads - 1) / threads),
-                  static_cast<unsigned>((P + pixels_per_block - 1) / pixels_per_block));
+  Shape4 z = sizes, st[3] = {g_strides, y_strides, gi_strides};
+  if (merge_dims(z, st, 2, 3)) merge_dims(z, st, 0, 3);  // (h, w) into one run, then n
+  else merge_dims(z, st, 0, 2);                          // n into h: rows of w
+  const bool channels_fast = z.d[1] > 1 && st[2].d[1] == 1;  // grad_in's channels contiguous (NHWC)
+  GradGeometry g{z.d[0], z.d[1], z.d[2], z.d[3], 0, st[0], st[1], st[2]};
+  // 256 columns a block: 32 (channels fast) or 8 (pixels fast) per thread and row, few atomics;
+  // more where grid.z (at most 65535) would not cover them.
+  g.w_chunk = g.W / 256 < 65535 ? 256 : (g.W + 65534) / 65535;
+  const dim3 threads(32, 8);
+  const dim3 grid(static_cast<unsigned>((g.C + (channels_fast ? 31 : 7)) / (channels_fast ? 32 : 8)),
+                  static_cast<unsigned>(g.N * g.H < 65535 ? g.N * g.H : 65535),
+                  static_cast<unsigned>((g.W + g.w_chunk - 1) / g.w_chunk));
   return dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    relu_grad_bias_kernel<T><<<grid, threads, 0, stream>>>(
-        static_cast<const T*>(grad), static_cast<const T*>(y), static_cast<T*>(grad_in),
-        static_cast<typename Acc<T>::type*>(bias_grad), sizes, g_strides, y_strides, gi_strides, relu,
-        pixels_per_block);
+    using A = typename Acc<T>::type;
+    const auto* gp = static_cast<const T*>(grad);
+    const auto* yp = static_cast<const T*>(y);
+    auto* ip = static_cast<T*>(grad_in);
+    auto* bp = static_cast<A*>(bias_grad);
+    if (channels_fast) relu_grad_bias_kernel<T, true><<<grid, threads, 0, stream>>>(gp, yp, ip, bp, g, relu);
+    else relu_grad_bias_kernel<T, false><<<grid, threads, 0, stream>>>(gp, yp, ip, bp, g, relu);
     return cudaGetLastError();
   });
 }

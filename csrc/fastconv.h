@@ -42,7 +42,9 @@ struct Conv1x1Args {
 cudaError_t conv1x1(const Conv1x1Args& args, cudaStream_t stream);
 
 // The kernel conv1x1 runs for `args` on a GPU with `sms` SMs: "mma_128x128", "mma_128x64",
-// "mma_64x128" (the tensor-core GEMM, csrc/conv1x1_gemm.cu), "wmma" or "simt" (fallbacks).
+// "mma_64x128" (the tensor-core GEMM on NHWC, csrc/conv1x1_gemm.cu), "mma_nchw_128x128" /
+// "mma_nchw8_128x128" (the same GEMM on NCHW, 16- / 8-byte copies of x), "wmma" or "simt"
+// (fallbacks).
 // Host code only: the dispatch rule is testable without a GPU.
 const char* conv1x1_kernel_name(const Conv1x1Args& args, int sms);
 

@@ -23,16 +23,20 @@ struct ConvGemmParams {
   int64_t os_n, os_c, os_h, os_w;  // out strides
   int64_t rs_n, rs_c, rs_h, rs_w;  // residual strides
   bool relu;
-  bool vec_out, vec_res;  // 16-byte stores / loads of out / residual are legal (checked on the host,
-                          // per epilogue: along channels for NHWC, along pixels for NCHW)
+  int vec_out, vec_res;  // bytes of the widest legal epilogue access of out / residual along the
+                         // tile's columns (NHWC: channels, NCHW: pixels): 16, 8, or 0 (scalar)
 };
 
-}  // namespace fastconv
-
-namespace fastconv {
-
-inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+inline bool aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+inline bool aligned16(const void* ptr) { return aligned(ptr, 16); }
 // A stride matters only along a dimension of size > 1 (torch leaves the others arbitrary).
 inline bool multiple_of(int64_t stride, int64_t size, int64_t vec) { return size <= 1 || stride % vec == 0; }
+
+// The widest of 16 or 8 bytes (else 0) for which `ok(bytes)` holds: the vector width of an
+// epilogue access, given a check of alignment and strides at that width.
+template <class Ok>
+inline int widest_vector(Ok ok) {
+  return ok(16) ? 16 : ok(8) ? 8 : 0;
+}
 
 }  // namespace fastconv

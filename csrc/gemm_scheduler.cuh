@@ -1,16 +1,18 @@
-// Tile scheduler of the 1x1 conv GEMM: which (pixel block, channel block) tile a CUDA block
-// computes. Grouped ("swizzled") order, as in Triton's matmul tutorial: consecutive blocks walk
-// the channel blocks of GROUP_M pixel blocks before moving on, so the blocks resident at one
-// time share their A rows (the activations, the big operand) and B (the weight) in L2:
-// each activation byte comes from DRAM about once however many channel blocks read it.
+// Tile schedulers of the 1x1 conv GEMM: which tile a CUDA block computes (one block per tile,
+// a 1-D grid: no 65535 limit). Each keeps the blocks resident at one time on the same slice of
+// the big operand, the activations, so that DRAM sees each activation byte about once however
+// many output-channel blocks read it.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
-#include "gemm_params.h"
-
 namespace fastconv {
 
+// NHWC: grouped ("swizzled") order, as in Triton's matmul tutorial: consecutive blocks walk
+// the channel blocks of GROUP_M pixel blocks before moving on, so resident blocks share their
+// A rows (activations) and B (the weight) in L2.
 template <int BM, int BN, int GROUP_M = 8>
 struct GroupedTileScheduler {
   struct Params { int num_m, num_n; };
@@ -19,7 +21,6 @@ struct GroupedTileScheduler {
   static Params to_params(int64_t M, int64_t N) {
     return {static_cast<int>((M + BM - 1) / BM), static_cast<int>((N + BN - 1) / BN)};
   }
-  // One block per tile, a 1-D grid (no 65535 limit on the pixel blocks).
   static int64_t num_tiles(const Params& p) { return int64_t(p.num_m) * p.num_n; }
   static dim3 get_grid_shape(const Params& p) { return dim3(static_cast<unsigned>(num_tiles(p))); }
 
@@ -32,27 +33,22 @@ struct GroupedTileScheduler {
   }
 };
 
-// The element offsets of a tile's BM pixels in x (the gather of A rows, stride included), out
-// and residual; -1 past M. Filled once per block by all threads (one pixel decomposition, i.e.
-// a few 64-bit divisions, per row instead of one per row per thread in the mainloop and the
-// epilogue), read after a barrier.
-template <int BM>
-struct TilePixels {
-  int64_t x[BM], out[BM], res[BM];
+// NCHW (one image per tile): output-channel blocks fastest, so the blocks resident together
+// read the same pixel block of x[n].
+template <int BM, int BN>
+struct NchwScheduler {
+  struct Params { int num_j, num_p, images; };
+  struct Work { int j_block, p_block, n; };
 
-  __device__ __forceinline__ void fill(const ConvGemmParams& p, int64_t m0) {
-    for (int r = threadIdx.x; r < BM; r += blockDim.x) {
-      const int64_t m = m0 + r;
-      if (m < p.M) {
-        const int64_t pixels = p.OH * p.OW, n = m / pixels, rest = m - n * pixels;
-        const int64_t oh = rest / p.OW, ow = rest - oh * p.OW;
-        x[r] = n * p.xs_n + (oh * p.xs_h + ow * p.xs_w) * p.stride;
-        out[r] = n * p.os_n + oh * p.os_h + ow * p.os_w;
-        res[r] = n * p.rs_n + oh * p.rs_h + ow * p.rs_w;
-      } else {
-        x[r] = out[r] = res[r] = -1;
-      }
-    }
+  static Params to_params(int64_t cout, int64_t pixels, int64_t images) {
+    return {static_cast<int>((cout + BM - 1) / BM), static_cast<int>((pixels + BN - 1) / BN),
+            static_cast<int>(images)};
+  }
+  static int64_t num_tiles(const Params& p) { return int64_t(p.num_j) * p.num_p * p.images; }
+  static dim3 get_grid_shape(const Params& p) { return dim3(static_cast<unsigned>(num_tiles(p))); }
+  static __device__ __forceinline__ Work get_work(const Params& p, int tile) {
+    const int rest = tile / p.num_j;
+    return {tile % p.num_j, rest % p.num_p, rest / p.num_p};
   }
 };
 

@@ -4,8 +4,8 @@
 //
 // Everything is counted in 16-byte chunks: one ldmatrix row is one chunk, i.e. 8 fp16/bf16
 // or 4 fp32 (TF32) values. One mma K step is two chunks (32 bytes) for every type:
-// m16n8k16 for 16-bit inputs, m16n8k8 for TF32, with the same fragment layout in registers,
-// so one mainloop serves both.
+// m16n8k16 for 16-bit inputs, m16n8k8 for TF32, with the same fragment layout in registers
+// (in 32-bit words), so one mainloop serves both.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -20,10 +20,17 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 // Copies `src_bytes` (0..16) bytes from global `src` to shared `dst` and zero-fills the rest of
-// the 16 bytes; with src_bytes = 0 nothing is read (src must still be a valid address).
+// the 16 bytes. With src_bytes = 0 nothing is read; callers still pass an address inside the
+// tensor (the PTX manual does not promise that an out-of-bounds one goes unchecked).
 // .cg: cached in L2 only; the tile is read once from shared memory, L1 would only pollute.
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+// The same for 8 bytes (0 or 8 read), where the source is only 8-byte aligned (.cg takes
+// 16-byte copies only; .ca is the form for 4 and 8).
+__device__ __forceinline__ void cp_async_8(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -61,7 +68,6 @@ template <> struct Mma<__half> {
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
-  static __device__ __forceinline__ void prepare(uint32_t&) {}
 };
 
 template <> struct Mma<__nv_bfloat16> {
@@ -71,11 +77,11 @@ template <> struct Mma<__nv_bfloat16> {
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
-  static __device__ __forceinline__ void prepare(uint32_t&) {}
 };
 
-// fp32 inputs on tensor cores: each value rounded to TF32 (round to nearest, as cuDNN) first;
-// without the cvt the hardware would truncate the low mantissa bits.
+// fp32 inputs on tensor cores (TF32). The mma reads only the top 19 bits of each value
+// (truncation); the values are rounded to nearest (as cuDNN) in shared memory first, once per
+// element (round_tf32_chunk), not in every warp that reads them.
 template <> struct Mma<float> {
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
@@ -83,9 +89,23 @@ template <> struct Mma<float> {
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
-  static __device__ __forceinline__ void prepare(uint32_t& r) {
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(__uint_as_float(r)));
-  }
 };
+
+// Rounds the 4 fp32 values of the 16-byte shared-memory chunk at `addr` to TF32 in place: to
+// nearest, ties away from zero, as cvt.rna (cuDNN's rounding). Half a TF32 ulp (0x1000) is
+// added to the bit pattern of each finite value and the 13 low bits are left for the mma to
+// drop: 2 instructions a value where a stored cvt.rna takes 3 (the third clears those bits).
+// ptxas compiles a cvt.rna that feeds an mma into the same add, and CUTLASS rounds so
+// (round_half_ulp_truncate). Infinities and NaN are left alone: the carry would change them.
+__device__ __forceinline__ void round_tf32_chunk(uint32_t addr) {
+  uint32_t v[4];
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+               : "r"(addr) : "memory");
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    if (fabsf(__uint_as_float(v[i])) < __int_as_float(0x7f800000)) v[i] += 0x1000u;
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
+               : "memory");
+}
 
 }  // namespace fastconv

@@ -31,7 +31,8 @@ template <int VEC> constexpr int kBand = VEC > 1 ? 2 : 4;
 template <typename T> constexpr int kVec = sizeof(T) <= 4 ? 16 / sizeof(T) : 1;
 
 template <typename T, int VEC> struct alignas(VEC * sizeof(T)) Vec { T v[VEC]; };
-template <int VEC> struct alignas(VEC * 4) IdxVec { int32_t v[VEC]; };
+// VEC argmaxes (32 bytes for 8 channels): 16-byte aligned at most, as the host checks idx.
+template <int VEC> struct alignas(VEC * 4 < 16 ? VEC * 4 : 16) IdxVec { int32_t v[VEC]; };
 
 // VEC values of p[0], p[cs], ..., as the accumulator type: one 16-byte load when VEC > 1
 // (then cs == 1 and p is aligned, checked on the host).
@@ -57,6 +58,32 @@ __device__ __forceinline__ void max_merge(A& acc, int32_t& arg, A v, int32_t at)
   }
 }
 
+// The work item (n, channel vector, row, column) of flat index i: consecutive items take
+// consecutive channel vectors (channels_last: coalesced along C) or consecutive columns (NCHW:
+// along W). Forward: rows are bands of output rows, columns output columns; backward: input
+// rows and columns.
+struct WorkItem { int64_t n, cv, row, col; };
+
+__device__ __forceinline__ WorkItem work_item(int64_t i, int64_t CV, int64_t rows, int64_t cols, bool channels_last) {
+  WorkItem w;
+  if (channels_last) {
+    w.cv = i % CV; i /= CV; w.col = i % cols; i /= cols; w.row = i % rows; w.n = i / rows;
+  } else {
+    w.col = i % cols; i /= cols; w.row = i % rows; i /= rows; w.cv = i % CV; w.n = i / CV;
+  }
+  return w;
+}
+
+// The cells [lo, lo + k) of a window along one axis clipped to the input [0, size): SAME's
+// padding is never read, and average pooling divides by the real cells only (>= 1 in SAME).
+struct Span {
+  int64_t lo, hi;
+  __device__ __forceinline__ int64_t size() const { return hi - lo; }
+};
+__device__ __forceinline__ Span clip(int64_t lo, int64_t k, int64_t size) {
+  return {lo > 0 ? lo : 0, lo + k < size ? lo + k : size};
+}
+
 // Output element (n, c, oh, ow) of a dense NCHW or NHWC tensor of C channels, OH x OW.
 __device__ __forceinline__ int64_t dense_offset(bool channels_last, int64_t n, int64_t c, int64_t oh, int64_t ow,
                                                 int64_t C, int64_t OH, int64_t OW) {
@@ -73,18 +100,13 @@ __global__ void pool_fwd(const T* __restrict__ x, T* __restrict__ out, int32_t* 
   const int64_t work = N * CV * bands * OW;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < work; i += step) {
-    // consecutive threads: consecutive channel vectors (NHWC) or columns (NCHW), coalesced
-    int64_t r = i, cv, ow, band, n;
-    if (channels_last) {
-      cv = r % CV; r /= CV; ow = r % OW; r /= OW; band = r % bands; n = r / bands;
-    } else {
-      ow = r % OW; r /= OW; band = r % bands; r /= bands; cv = r % CV; n = r / CV;
-    }
-    const int64_t c = cv * VEC, oh0 = band * BAND;
+    const WorkItem it = work_item(i, CV, bands, OW, channels_last);
+    const int64_t n = it.n, c = it.cv * VEC, ow = it.col, oh0 = it.row * BAND;
     const int rows = OH - oh0 < BAND ? static_cast<int>(OH - oh0) : BAND;
     const int64_t w0 = ow * g.sw - g.pad_w;
-    const int64_t w_lo = w0 > 0 ? w0 : 0, w_hi = w0 + g.kw < W ? w0 + g.kw : W;
-    const int64_t h_top = oh0 * g.sh - g.pad_h, h_bottom = (oh0 + rows - 1) * g.sh - g.pad_h + g.kh;
+    const Span cols = clip(w0, g.kw, W);
+    const int64_t h_top = oh0 * g.sh - g.pad_h;  // the band's windows cover rows h_top..h_top + span
+    const Span band_rows = clip(h_top, (rows - 1) * g.sh + g.kh, H);
     const T* base = x + n * xst.d[0] + c * xst.d[1];
 
     A acc[BAND][VEC];
@@ -96,7 +118,7 @@ __global__ void pool_fwd(const T* __restrict__ x, T* __restrict__ out, int32_t* 
         acc[b][v] = is_max ? A(-INFINITY) : A(0);
         arg[b][v] = -1;
       }
-    for (int64_t h = h_top > 0 ? h_top : 0; h < (h_bottom < H ? h_bottom : H); ++h) {
+    for (int64_t h = band_rows.lo; h < band_rows.hi; ++h) {
       A row[VEC];  // the row's max (or sum) over the window's columns
       int32_t row_w[VEC];
 #pragma unroll
@@ -104,7 +126,7 @@ __global__ void pool_fwd(const T* __restrict__ x, T* __restrict__ out, int32_t* 
         row[v] = is_max ? A(-INFINITY) : A(0);
         row_w[v] = -1;
       }
-      for (int64_t w = w_lo; w < w_hi; ++w) {
+      for (int64_t w = cols.lo; w < cols.hi; ++w) {
         A val[VEC];
         load_vec<VEC>(base + h * xst.d[2] + w * xst.d[3], xst.d[1], val);
 #pragma unroll
@@ -127,8 +149,8 @@ __global__ void pool_fwd(const T* __restrict__ x, T* __restrict__ out, int32_t* 
 #pragma unroll
     for (int b = 0; b < BAND; ++b) {
       if (b >= rows) break;
-      const int64_t oh = oh0 + b, hb = oh * g.sh - g.pad_h;
-      const int64_t cells = ((hb + g.kh < H ? hb + g.kh : H) - (hb > 0 ? hb : 0)) * (w_hi - w_lo);  // >= 1 (SAME)
+      const int64_t oh = oh0 + b;
+      const int64_t cells = clip(oh * g.sh - g.pad_h, g.kh, H).size() * cols.size();
       const int64_t o = dense_offset(channels_last, n, c, oh, ow, C, OH, OW);
       Vec<T, VEC> ov;
       IdxVec<VEC> iv;
@@ -153,13 +175,8 @@ __global__ void pool_bwd(const T* __restrict__ gout, const int32_t* __restrict__
   const int cand_h = (g.kh + g.sh - 1) / g.sh, cand_w = (g.kw + g.sw - 1) / g.sw;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < work; i += step) {
-    int64_t r = i, cv, h, w, n;
-    if (channels_last) {
-      cv = r % CV; r /= CV; w = r % W; r /= W; h = r % H; n = r / H;
-    } else {
-      w = r % W; r /= W; h = r % H; r /= H; cv = r % CV; n = r / CV;
-    }
-    const int64_t c = cv * VEC;
+    const WorkItem it = work_item(i, CV, H, W, channels_last);
+    const int64_t n = it.n, c = it.cv * VEC, h = it.row, w = it.col;
     const int64_t oh_last = (h + g.pad_h) / g.sh, ow_last = (w + g.pad_w) / g.sw;
     A acc[VEC] = {};
     for (int a = 0; a < cand_h; ++a) {
@@ -181,11 +198,9 @@ __global__ void pool_bwd(const T* __restrict__ gout, const int32_t* __restrict__
           for (int v = 0; v < VEC; ++v)
             if (iv.v[v] == dh * g.kw + dw) acc[v] += gv[v];
         } else {
-          const int64_t h0 = oh * g.sh - g.pad_h, w0 = ow * g.sw - g.pad_w;
-          const int64_t rows = (h0 + g.kh < H ? h0 + g.kh : H) - (h0 > 0 ? h0 : 0);
-          const int64_t cols = (w0 + g.kw < W ? w0 + g.kw : W) - (w0 > 0 ? w0 : 0);
+          const int64_t cells = clip(oh * g.sh - g.pad_h, g.kh, H).size() * clip(ow * g.sw - g.pad_w, g.kw, W).size();
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) acc[v] += gv[v] / A(rows * cols);
+          for (int v = 0; v < VEC; ++v) acc[v] += gv[v] / A(cells);
         }
       }
     }

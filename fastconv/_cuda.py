@@ -56,8 +56,11 @@ def conv1x1(x, weight, bias, out, stride, relu, tf32, residual=None):
 
 
 def conv1x1_kernel_name(x, weight, bias, out, stride, relu, tf32, residual=None, sms=132):
-    """Which CUDA kernel conv1x1 runs for these tensors ("mma_128x128", "mma_128x64",
-    "mma_64x128", "wmma", "simt") on a GPU with `sms` SMs; host-only, needs no GPU."""
+    """Which CUDA kernel conv1x1 runs for these tensors on a GPU with `sms` SMs; host-only,
+    needs no GPU. "mma_128x128", "mma_128x64", "mma_64x128": the tensor-core GEMM on NHWC;
+    "mma_nchw_128x128" / "mma_nchw8_128x128": the same on dense NCHW (16- / 8-byte copies);
+    "wmma": the tensor-core fallback (NCHW 7x7 and stride 2, strided views, unaligned rows);
+    "simt": IEEE fp32 and fp64. csrc/README.md has the rule and its reasons."""
     return _C.conv1x1_kernel_name(*_conv1x1_args(x, weight, bias, out, stride, relu, tf32, residual), sms)
 
 

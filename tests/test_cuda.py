@@ -1,19 +1,19 @@
 """The CUDA C++ extension: built and importable wherever nvcc is (CI included), a clear
-error without a GPU, its conv1x1 dispatch rule and the SASS of its tensor-core GEMM (both
-checked without a GPU), the GEMM's shape classes and tails against float64 (on a GPU), and
-a short run for compute-sanitizer. The other numerical checks of the "cuda" backend are the
-shared, backend-parametrised op tests."""
-import glob
+error without a GPU, its conv1x1 dispatch rule and the sanitizer script's reach over every
+kernel of the module (both checked without a GPU; the SASS budget is tests/test_sass_budget.py),
+the GEMM's shape classes, stage refills and tails against float64 (on a GPU), and a short run
+for compute-sanitizer. The other numerical checks of the "cuda" backend are the shared,
+backend-parametrised op tests."""
+import importlib.util
 import os
-import re
 import shutil
-import subprocess
 
 import pytest
 import torch
 
 import fastconv
 from fastconv import _cuda, reference
+from tests import sass
 from tests.conftest import DEVICE, HAS_CUDA, TOL, gpu, make_input
 
 HAS_NVCC = shutil.which("nvcc") is not None or os.path.exists("/usr/local/cuda/bin/nvcc")
@@ -57,6 +57,7 @@ def _kernel(x, w, out, stride, dtype, tf32=False, sms=132, residual=None):
     ((2, 64, 7, 7, 256, 1), "nhwc", torch.float32, False, "simt"),         # IEEE fp32
     ((2, 64, 7, 7, 256, 1), "nhwc", torch.float64, False, "simt"),
     ((2, 64, 8, 7, 256, 1), "nchw", torch.bfloat16, False, "mma_nchw_128x128"),  # NCHW GEMM
+    ((2, 64, 14, 14, 256, 1), "nchw", torch.float16, False, "mma_nchw8_128x128"),  # 392-byte planes
     ((2, 64, 7, 7, 256, 1), "nchw", torch.float16, False, "wmma"),         # 98-byte channel planes
     ((2, 64, 8, 8, 256, 2), "nchw", torch.float16, False, "wmma"),         # NCHW, stride 2
     ((2, 64, 8, 8, 256, 1), "nchw", torch.float32, True, "wmma"),          # NCHW TF32
@@ -83,42 +84,43 @@ def test_conv1x1_dispatch_alignment():
     assert _kernel(sliced, w[:, :20], out, 1, torch.float16).startswith("mma")
 
 
-def _cuobjdump():
-    for cand in (shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump",
-                 *glob.glob(os.path.join(os.path.dirname(__import__("triton").__file__),
-                                         "backends/nvidia/bin/cuobjdump"))):
-        if cand and os.path.exists(cand):
-            return cand
-    return None
+def _sanitizer():
+    """bench/sanitize_cuda.py as a module (its cases and the kernels each launches)."""
+    spec = importlib.util.spec_from_file_location(
+        "sanitize_cuda", os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "sanitize_cuda.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @built
-@pytest.mark.skipif(_cuobjdump() is None, reason="cuobjdump not found")
-def test_gemm_sass(tmp_path):
-    """The GEMM kernels are what csrc/README.md says: tensor-core mma (HMMA), ldmatrix (LDSM),
-    cp.async (LDGSTS), 16-byte epilogue stores, and no local memory (no LDL/STL, LOCAL:0).
-    Only the GEMM's cubins are disassembled (a few seconds; the whole module takes ~15 s)."""
-    def cuobjdump(*args):
-        return subprocess.run([_cuobjdump(), *args], check=True, capture_output=True, text=True,
-                              cwd=tmp_path).stdout
-    cuobjdump("--extract-elf", "all", _cuda._C.__file__)
-    cubins = sorted(p for p in tmp_path.glob("*.cubin") if b"conv1x1_mma" in p.read_bytes())
-    assert sorted(re.search(r"sm_\d+", p.name).group() for p in cubins) == ["sm_80", "sm_90"]
-    for cubin in cubins:
-        functions = re.split(r"\n\s*Function : ", cuobjdump("--dump-sass", str(cubin)))[1:]
-        gemms = [f for f in functions if "conv1x1_mma" in f.split("\n", 1)[0]]
-        # NHWC: 3 tile shapes x (fp16, bf16, TF32); NCHW: fp16, bf16
-        assert len(gemms) == 11, cubin.name
-        for body in gemms:
-            name = body.split("\n", 1)[0]
-            for op in ("HMMA", "LDSM", "LDGSTS", "STG.E.128"):
-                assert op in body, f"{op} missing in {name} ({cubin.name})"
-            assert not re.search(r"\b(LDL|STL)\b", body), f"local-memory traffic in {name}"
-        usage = re.findall(r"Function (\S*conv1x1_mma\S*):\n\s*(.*)",
-                           cuobjdump("--dump-resource-usage", str(cubin)))
-        assert len(usage) == 11
-        for name, line in usage:
-            assert "STACK:0 " in line and "LOCAL:0 " in line, f"{name}: {line}"
+@pytest.mark.skipif(sass.cuobjdump() is None, reason="cuobjdump not found")
+def test_sanitizer_cases_reach_every_kernel():
+    """Every kernel in the built module (both architectures) is launched by some case of the
+    sanitizer script, so memcheck and racecheck see it: a new kernel without a case fails here."""
+    san = _sanitizer()
+    covered = set()
+    for name, op, args in san.cases():
+        covered |= san.kernels_of(op, args, san.DTYPES[name.split()[-2]][1])
+    module = {k.name for k in sass.kernels(sass.module_path())}
+    assert not module - covered, f"kernels no case of bench/sanitize_cuda.py launches: {sorted(module - covered)}"
+    assert not covered - module, f"cases name kernels the module lacks: {sorted(covered - module)}"
+
+
+@gpu
+def test_sanitizer_cases_launch_the_kernels_they_name():
+    """The profiler's record of what each sanitizer case launches is what the case names (the
+    rules kernels_of writes out are the extension's)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    san = _sanitizer()
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    for name, op, args in san.cases():
+        tf32 = san.DTYPES[name.split()[-2]][1]
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            san.run_case(op, args, tf32)
+        launched = {sass.short_name(e.name) for e in prof.events() if "fastconv::" in e.name}
+        assert launched == san.kernels_of(op, args, tf32, sms), name
 
 
 def _gemm_case(N, cin, H, W, cout, stride, dtype, tf32, bias_stride=1, residual=None, x=None):
@@ -148,9 +150,14 @@ GEMM_DTYPES = [(torch.float16, False), (torch.bfloat16, False), (torch.float32, 
 @pytest.mark.parametrize("dtype, tf32", GEMM_DTYPES)
 @pytest.mark.parametrize("case, tile", [
     ((2, 200, 9, 7, 40, 2), "mma_128x64"),    # K tail inside a K block, N tail, stride 2
-    ((3, 72, 11, 5, 136, 1), "mma_64x128"),   # two K blocks, N tail of 8
+    ((3, 72, 11, 5, 136, 1), "mma_64x128"),   # two K blocks (the last one 8 deep), N tail of 8
     ((2, 16, 184, 184, 136, 1), "mma_128x128"),  # many tiles: grouped order, last group short
     ((1, 32, 13, 13, 17, 1), "mma_128x64"),   # Cout 17: scalar epilogue (34-byte output rows)
+    # K = 320: 5 K blocks of 16-bit (10 of TF32), more than any tile's stages: every stage
+    # refilled, on each tile (132 SMs: the 64x128 and 128x128 choices)
+    ((2, 320, 9, 7, 40, 1), "mma_128x64"),
+    ((3, 320, 11, 5, 136, 1), "mma_64x128"),
+    ((8, 320, 40, 40, 1024, 1), "mma_128x128"),
 ])
 def test_gemm_shape_classes(dtype, tf32, case, tile, poison):
     kernel, err = _gemm_case(*case, dtype, tf32)
@@ -172,18 +179,21 @@ def test_gemm_views_bias_residual(dtype, tf32, poison):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", [
-    (2, 72, 7, 8, 136),   # two K blocks, Cout tail of 8, 56 pixels: one partial pixel block
-    (1, 200, 4, 6, 40),   # K tail inside a K block, Cout 40
-    (3, 16, 16, 17, 8),   # 272 pixels: 3 pixel blocks, the last partial
+@pytest.mark.parametrize("case, kernel", [
+    ((2, 72, 7, 8, 136), "mma_nchw_128x128"),   # two K blocks, Cout tail of 8, one partial pixel block
+    ((1, 200, 4, 6, 40), "mma_nchw_128x128"),   # K tail inside a K block, Cout 40
+    ((3, 16, 16, 17, 8), "mma_nchw_128x128"),   # 272 pixels: 3 pixel blocks, the last partial
+    ((2, 320, 8, 8, 136), "mma_nchw_128x128"),  # 5 K blocks: every stage refilled
+    ((2, 320, 14, 14, 136), "mma_nchw8_128x128"),  # 392-byte planes: 8-byte copies, refills
+    ((3, 40, 2, 6, 24), "mma_nchw8_128x128"),   # 12 pixels: most of the pixel block past the image
 ])
-def test_gemm_nchw(dtype, case, poison):
+def test_gemm_nchw(dtype, case, kernel, poison):
     """The NCHW GEMM (ldmatrix.trans on pixel-major x): bias strided, residual NCHW and strided."""
     N, cin, H, W, cout = case
     x = make_input((N, cin, H, W), dtype, "nchw")
     for residual in ("nchw", "strided"):
-        kernel, err = _gemm_case(N, cin, H, W, cout, 1, dtype, False, bias_stride=2, residual=residual, x=x)
-        assert kernel == ("mma_nchw_128x128" if residual == "nchw" else "wmma")
+        got, err = _gemm_case(N, cin, H, W, cout, 1, dtype, False, bias_stride=2, residual=residual, x=x)
+        assert got == (kernel if residual == "nchw" else "wmma")
         assert err <= TOL[dtype], (residual, err)
 
 
@@ -230,7 +240,8 @@ def test_pools_vectorized(dtype, kind, geometry, poison):
 
 @gpu
 def test_sanitizer_short_run():
-    """Every CUDA kernel once, forward and backward, at odd sizes (run under compute-sanitizer)."""
+    """Each CUDA kernel family once, forward and backward, at odd sizes, in one short pytest run
+    (bench/sanitize_cuda.py is the sanitizer step's run over every kernel)."""
     with fastconv.use_backend("cuda"):
         for dtype in (torch.float16, torch.float32):
             x = make_input((2, 17, 7, 9), dtype, "strided", requires_grad=True)
