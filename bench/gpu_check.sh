@@ -75,7 +75,7 @@ pytest_step() {
   local name=$1 c=$2; shift 2
   echo "# session start: gpu_check step '$name' (cap $c s): the lines below are pytest's" >> "$TESTS"
   run "$c" env -u FASTCONV_TUNING_TABLE "$PY" -m pytest "$@" $PAR -p no:cacheprovider -rfE --tb=short --durations=10 \
-    --outcomes-log "$TESTS" --outcomes-tb "$WORK/tracebacks-$name.txt" > "$WORK/pytest-$name.txt" 2>&1
+    --outcomes-log="$TESTS" --outcomes-tb="$WORK/tracebacks-$name.txt" > "$WORK/pytest-$name.txt" 2>&1
   local rc=$?
   "$PY" -m tests.outcomes summarize "$TESTS" > "$WORK/summary.txt"
   cat "$WORK/summary.txt" >> "$TESTS"
@@ -175,7 +175,9 @@ fi
 # 5. Ops, bf16 (eager is the ratio's base; torch.compile of eager ops is in the first run's results).
 if want ops; then
   step "ops, bf16, batch 128: eager, auto, triton, cuda"
-  if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager auto triton cuda); fi
+  # cuda only where it was built: the benchmark refuses a provider this machine lacks
+  cuda=$("$PY" -c "import fastconv; print('cuda' if 'cuda' in fastconv.available_backends() else '')" 2>/dev/null)
+  if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager auto triton $cuda); fi
   run "$(cap 75)" "$PY" -m fastconv.bench ops "${args[@]}" --out "$WORK" --name ops > /dev/null 2>> "$WORK/ops.err"
   rc=$?; keep ops.md ops.json; done_step ops "$rc" "$WORK/ops.err"
 fi

@@ -11,12 +11,12 @@ __version__ = "0.1.0"
 __all__ = ["conv1x1_relu", "residual_add", "max_pool2d_same", "avg_pool2d_same",
            "conv1x1_relu_split", "conv1x1_relu_split_into", "pool_conv1x1_relu",
            "set_backend", "get_backend", "use_backend", "available_backends", "nn", "reference",
-           "convert", "explain", "models"]
+           "convert", "explain"]  # not "models": `import *` would import torchvision
 
 
 def __getattr__(name):
     """`fastconv.models` on first use: the models build on torchvision, which `import fastconv`
-    does not import (half a second or more, and an optional dependency)."""
+    does not import (it takes seconds, and is an optional dependency)."""
     if name == "models":
         import importlib
 
