@@ -7,8 +7,10 @@
 # under OUT_DIR before the next starts, within its cap and what is left of the 7-minute budget
 # (the deep grid keeps a reserve and gets the rest). Everything lands in at most 8 files:
 #   check.log tests.log host.md ops.md ops.json models.md models.json extras.tar.gz
-# The GPU machine has python3 with torch, triton, torchvision, pybind11, pytest, pytest-xdist,
-# compute-sanitizer and no registry: nothing is installed but fastconv itself.
+# The interpreter: the checkout's .venv/bin/python when there is one (make demo/test create it),
+# else $PYTHON, else python3 (the GPU machine's has torch, triton, torchvision, pybind11, pytest,
+# pytest-xdist, compute-sanitizer and no registry: nothing is installed but fastconv itself).
+# One that cannot import torch stops the check at once (exit 3).
 set -u
 DRY=0
 STEPS="env build quick sanitizer tune host ops models deep"
@@ -16,7 +18,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;
     --steps) STEPS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '/^set -u/q; 2,$p' "$0"; exit 0 ;;  # the comment above
     *) break ;;
   esac
 done
@@ -29,7 +31,13 @@ PACKED="$(mktemp)"              # the archive is built here, so OUT_DIR never ho
 trap 'rm -rf "$WORK" "$PACKED"' EXIT
 LOG="$OUT_DIR/check.log"
 TESTS="$OUT_DIR/tests.log"
-PY="${PYTHON:-python3}"
+if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY="${PYTHON:-python3}"; fi
+if ! "$PY" -c "import torch" > "$WORK/torch.err" 2>&1; then
+  { echo "gpu_check: $PY cannot import torch: $(tail -1 "$WORK/torch.err")"
+    echo "  run 'make test' first (it creates .venv), or set PYTHON to an interpreter that has torch"
+  } | tee "$LOG" >&2
+  exit 3
+fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 BUDGET=420                      # seconds for the whole check, build included
 DEEP_RESERVE=75                 # steps before the deep grid leave it at least this much
@@ -67,7 +75,7 @@ pytest_step() {
   local name=$1 c=$2; shift 2
   echo "# session start: gpu_check step '$name' (cap $c s): the lines below are pytest's" >> "$TESTS"
   run "$c" env -u FASTCONV_TUNING_TABLE "$PY" -m pytest "$@" $PAR -p no:cacheprovider -rfE --tb=short --durations=10 \
-    --outcomes-log "$TESTS" --outcomes-tb "$WORK/tracebacks-$name.txt" > "$WORK/pytest-$name.txt" 2>&1
+    --outcomes-log="$TESTS" --outcomes-tb="$WORK/tracebacks-$name.txt" > "$WORK/pytest-$name.txt" 2>&1
   local rc=$?
   "$PY" -m tests.outcomes summarize "$TESTS" > "$WORK/summary.txt"
   cat "$WORK/summary.txt" >> "$TESTS"
@@ -81,13 +89,15 @@ note "fastconv GPU check$([ "$DRY" = 1 ] && echo ' (DRY RUN: CPU only)'), $(date
 
 if want env; then
   step "environment"
+  rc=0
   { [ "$DRY" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
-    "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+    echo "interpreter $PY"
+    "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" || rc=$?
     [ "$DRY" = 1 ] || { nvcc --version | tail -1; compute-sanitizer --version | tail -1; }
     echo "commit $(git rev-parse HEAD 2>/dev/null), $(git status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files"
     nproc | sed 's/^/cores /'
   } >> "$LOG" 2>&1
-  done_step environment 0
+  done_step environment "$rc"
 fi
 
 if want build; then
@@ -103,6 +113,7 @@ if want build; then
     rc=$?
   fi
   "$PY" -c "import fastconv, fastconv._cuda as c; print('   backends', fastconv.available_backends(), '| cuda C++:', c.unavailable_reason() or 'ok')" 2>&1 | tee -a "$LOG"
+  [ "$rc" = 0 ] && rc=${PIPESTATUS[0]}  # built (or the dry run's checkout) but not importable: failed
   done_step build "$rc" "$WORK/build.log"
 fi
 
@@ -164,7 +175,9 @@ fi
 # 5. Ops, bf16 (eager is the ratio's base; torch.compile of eager ops is in the first run's results).
 if want ops; then
   step "ops, bf16, batch 128: eager, auto, triton, cuda"
-  if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager auto triton cuda); fi
+  # cuda only where it was built: the benchmark refuses a provider this machine lacks
+  cuda=$("$PY" -c "import fastconv; print('cuda' if 'cuda' in fastconv.available_backends() else '')" 2>/dev/null)
+  if [ "$DRY" = 1 ]; then args=(--quick); else args=(--dtype bf16 --batch 128 --provider eager auto triton $cuda); fi
   run "$(cap 75)" "$PY" -m fastconv.bench ops "${args[@]}" --out "$WORK" --name ops > /dev/null 2>> "$WORK/ops.err"
   rc=$?; keep ops.md ops.json; done_step ops "$rc" "$WORK/ops.err"
 fi

@@ -11,4 +11,14 @@ __version__ = "0.1.0"
 __all__ = ["conv1x1_relu", "residual_add", "max_pool2d_same", "avg_pool2d_same",
            "conv1x1_relu_split", "conv1x1_relu_split_into", "pool_conv1x1_relu",
            "set_backend", "get_backend", "use_backend", "available_backends", "nn", "reference",
-           "convert", "explain"]
+           "convert", "explain"]  # not "models": `import *` would import torchvision
+
+
+def __getattr__(name):
+    """`fastconv.models` on first use: the models build on torchvision, which `import fastconv`
+    does not import (it takes seconds, and is an optional dependency)."""
+    if name == "models":
+        import importlib
+
+        return importlib.import_module("fastconv.models")  # also binds fastconv.models
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")

@@ -75,10 +75,12 @@ def check_models(device, backends):
     import torchvision.models as tvm
 
     from fastconv import models
+    from fastconv.bench.models import TWIN_KWARGS
     print("\nModel equivalence (eval, float32, relative error against torchvision):")
     for name, size in (("resnet50", 224), ("googlenet", 224)):
         torch.manual_seed(0)
-        twin = reference.randomize_batchnorm(getattr(tvm, name)(weights=None)).eval().to(device)
+        twin = getattr(tvm, name)(weights=None, **TWIN_KWARGS.get(name, {}))
+        twin = reference.randomize_batchnorm(twin).eval().to(device)
         ours = getattr(models, name)().eval().to(device)
         ours.load_state_dict(twin.state_dict())
         for backend in backends:

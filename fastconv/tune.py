@@ -27,7 +27,7 @@ import torch
 
 import fastconv
 from fastconv import _tuning, reference
-from fastconv.bench.cases import KEY_SHAPES, conv_case, model_shapes, pool_case, residual_case
+from fastconv.bench.cases import KEY_SHAPES, conv_case, model_shapes, pool_case, positive_int, residual_case
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
 # the largest relative error vs the torch composition a backend may have and still be chosen
@@ -176,17 +176,27 @@ def dump(doc):
     return head + ',\n "entries": [\n  ' + ",\n  ".join(json.dumps(e) for e in doc["entries"]) + "\n ]\n}\n"
 
 
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastconv.tune", description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="key shapes, bf16, 3 configs, ~1 minute")
     p.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes in the interpreter")
     p.add_argument("--out", type=Path, help="table file (default: the package's, for this GPU)")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=positive_int, help="images per timed call (default 128)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: bf16 (--quick), bf16 fp16")
-    p.add_argument("--budget-s", type=float, help="stop tuning after this many seconds (--quick: 50)")
+    p.add_argument("--budget-s", type=positive_float, help="stop tuning after this many seconds (--quick: 50)")
     args = p.parse_args(argv)
     on_gpu = torch.cuda.is_available()
     if args.dry_run:
+        for flag, value in (("--batch", args.batch), ("--dtype", args.dtype)):
+            if value is not None:
+                p.error(f"{flag} does not apply to --dry-run (it runs fp32 at batch 2 in the interpreter)")
         if on_gpu:
             p.error("--dry-run is the CPU check of the tuner; on a GPU, run --quick")
         from fastconv._backend import _interpreting
@@ -199,7 +209,7 @@ def main(argv=None):
     else:
         specs = KEY_SHAPES if args.quick else model_shapes()
         dtypes = args.dtype or (["bf16"] if args.quick else ["bf16", "fp16"])
-        batch, device = args.batch, "cuda"
+        batch, device = args.batch or 128, "cuda"
         mode, budget = ("quick" if args.quick else "full"), args.budget_s or (50 if args.quick else None)
     backends = [b for b in ("torch", "triton", "cuda") if b in fastconv.available_backends()]
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32

@@ -10,9 +10,15 @@ writes: the workers' reports reach it as they happen. On SIGTERM (what `timeout`
 the tests still running are written as UNFINISHED before pytest stops.
 `--outcomes-tb PATH` also appends each failure's full traceback to PATH.
 
+Write `--outcomes-log=PATH` when PATH exists already (a log appended to) and no test path
+is given: pytest picks its root directory before any plugin or conftest is loaded, and
+then reads a space-separated existing PATH as the path to test. xdist workers are handed
+the `=` form (pytest_xdist_setupnodes below): the controller has created PATH by then.
+
 `python -m tests.outcomes summarize PATH` prints the FAILED/ERROR summary of the last
 session in PATH; bench/gpu_check.sh appends it after each test step, killed or not.
 """
+import dataclasses
 import signal
 import sys
 import time
@@ -36,6 +42,21 @@ def pytest_configure(config):
     path = config.getoption("outcomes_log", None)
     if path and not hasattr(config, "workerinput"):  # the xdist controller, or a plain run
         config.pluginmanager.register(OutcomeLog(path, config.getoption("outcomes_tb")), "outcome-log")
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: optional where xdist is not installed
+def pytest_xdist_setupnodes(config, specs):
+    """Hand the workers `--outcomes-log=PATH`, not `--outcomes-log PATH`: each worker parses
+    the controller's command line again, and the log this controller just created would
+    pass for a path to test, moving the worker's root directory (no ini file, no conftest,
+    so an unknown option: every worker exits before running a test)."""
+    args, joined = list(config.invocation_params.args), []
+    while args:
+        arg = args.pop(0)
+        if arg in ("--outcomes-log", "--outcomes-tb") and args:
+            arg = f"{arg}={args.pop(0)}"
+        joined.append(arg)
+    config.invocation_params = dataclasses.replace(config.invocation_params, args=tuple(joined))
 
 
 def first_error_line(report):

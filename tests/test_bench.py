@@ -27,6 +27,20 @@ def test_filters():
     assert {r["op"] for r in rows if r["provider"] == "eager"} == {"residual_add"}
 
 
+def test_interpreter_rows_run_the_form_they_are_labelled_with():
+    """Each quick shape's tiny form keeps its kind, stride, ReLU, residual and pool window (the
+    row labelled k3s1 ran a k3s2 pool, the residual conv's ran no residual)."""
+    for spec in bench.cases.QUICK_SHAPES:
+        small = bench.cases.tiny(spec)
+        assert (small[0], small[-2:] if spec[0] in ("max", "avg") else small[4:]) == (
+            spec[0], spec[-2:] if spec[0] in ("max", "avg") else spec[4:])
+    rows = bench.ops.interpreter_check(["max_pool2d_same", "conv1x1_relu_residual"])
+    assert sorted((r["op"], r["shape"]) for r in rows) == [
+        ("conv1x1_relu_residual", "2x16x7x7->16/s1"), ("max_pool2d_same", "2x16x9x9 k3s1"),
+        ("max_pool2d_same", "2x16x9x9 k3s2")]
+    assert all(r["rel_err_vs_eager"] < 1e-5 for r in rows)
+
+
 def test_shapes_enumerated_from_the_models():
     shapes = bench.model_shapes()
     assert ("convres", 64, 56, 256, 1, True) in shapes    # ResNet-50 layer1 conv3 + add + ReLU

@@ -2,6 +2,7 @@
 CPU-only machine (tiny shapes, torch and interpreter backends, no nvidia-smi, no sanitizer,
 no build), exits 0, writes at most 8 files, and its test log names each test's outcome."""
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -42,3 +43,31 @@ def test_dry_run_runs_every_step(tmp_path):
     assert {"pytest-quick.txt", "pytest-deep.txt", "sanitizer-memcheck.txt"} <= names
     if os.path.exists(os.path.join(ROOT, "fastconv", "tune.py")):  # the tuner's dry run, once it exists
         assert "tune.json" in names
+
+
+def _no_torch_python(path):
+    """An interpreter stand-in whose `import torch` fails, as python3 outside the venv."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("venv", [False, True])
+def test_an_interpreter_without_torch_stops_the_check_at_once(tmp_path, venv):
+    """The checkout's .venv/bin/python when there is one, else $PYTHON; without torch the
+    check stops before its first step, non-zero, naming the interpreter (run in a copy of
+    the script: this checkout may have a working .venv)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "bench").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "bench", "gpu_check.sh"), checkout / "bench")
+    python = _no_torch_python(tmp_path / "bin" / "python")
+    venv_python = _no_torch_python(checkout / ".venv" / "bin" / "python") if venv else None
+    env = dict(os.environ, PYTHON=str(python))
+    run = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", str(tmp_path / "out")], cwd=checkout,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3, run.stderr
+    used = venv_python if venv else python
+    assert f"{used} cannot import torch: ModuleNotFoundError: No module named 'torch'" in run.stderr
+    check = (tmp_path / "out" / "check.log").read_text()
+    assert "cannot import torch" in check and "== environment" not in check

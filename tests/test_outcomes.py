@@ -6,7 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.outcomes import summarize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEMO = '''
 import time, pytest
@@ -25,8 +29,7 @@ def test_killed_xdist_run_names_every_outcome(tmp_path):
     (tmp_path / "test_demo.py").write_text(DEMO)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     log = tmp_path / "outcomes.log"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "tests.outcomes", "--outcomes-log", str(log),
                              "-p", "no:cacheprovider", "-n", "2", "-q", "test_demo.py"],
                             cwd=tmp_path, env=env, start_new_session=True,
@@ -56,3 +59,31 @@ def test_summary_of_a_finished_and_of_a_vanished_session():
                                 "not start); the tests not named here did not run",
                                 "FAILED a::y - ValueError: bad  input"]
     assert summarize(lines[:3]) == ["== summary: 1 passed; exit status 0"]
+
+
+@pytest.mark.parametrize("how", ["no paths", "paths", "an earlier run's log"])
+def test_xdist_workers_accept_the_option(tmp_path, how):
+    """`pytest -n 2 --outcomes-log LOG` in a project laid out as this repository (the plugin
+    loaded by tests/conftest.py's pytest_plugins), LOG outside it: every worker runs its
+    tests, with or without test paths; a log that exists already is given as --outcomes-log=LOG."""
+    project, log = tmp_path / "project", tmp_path / "logs" / "outcomes.log"
+    (project / "tests").mkdir(parents=True)
+    log.parent.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\ntestpaths = tests\n")
+    (project / "tests" / "conftest.py").write_text('pytest_plugins = ["tests.outcomes"]\n')
+    (project / "tests" / "test_demo.py").write_text(
+        'def test_pass(): pass\ndef test_fail(): assert 1 == 2, "one is not two"\n')
+    option, paths = ["--outcomes-log", str(log)], []
+    if how == "paths":
+        paths = ["tests/test_demo.py"]
+    elif how == "an earlier run's log":
+        log.write_text("# session start 10:00:00: pytest\n# session end 10:00:01: exit status 0\n")
+        option = [f"--outcomes-log={log}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's worker
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", *option, *paths],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]  # 1: a test failed
+    assert summarize(log.read_text().splitlines()) == [
+        "== summary: 1 failed, 1 passed; exit status 1",
+        "FAILED tests/test_demo.py::test_fail - AssertionError: one is not two"]

@@ -84,22 +84,38 @@ def test_explain(table, monkeypatch):
     w = torch.randn(8, 16, 1, 1, device=DEVICE)
     info = fastconv.explain("conv1x1_relu", x, w, stride=2)
     if not HAS_CUDA:
-        assert info["backend"] == "torch" and info["why"].startswith("rule")
-    assert info["shape_class"] == _tuning.conv_key(x, w, 2, True, None)
+        assert info.backend == "torch" and info.why.startswith("rule")
+    assert info.shape_class == _tuning.conv_key(x, w, 2, True, None)
     with fastconv.use_backend("triton"):
         info = fastconv.explain(fastconv.conv1x1_relu, x, w, None, 1, False)
-    assert info["backend"] == "triton" and "use_backend" in info["why"]
-    assert info["triton_config"]["block_m"] >= 16 and info["config_why"]
-    assert fastconv.explain("max_pool2d_same", x, 3, 2)["shape_class"][-2:] == ((3, 3), (2, 2))
-    assert fastconv.explain("residual_add", x, x)["shape_class"] == _tuning.tensor_key(x)
+    assert info.backend == "triton" and "use_backend" in info.why
+    assert info.triton_config["block_m"] >= 16 and info.config_why
+    assert fastconv.explain("max_pool2d_same", x, 3, 2).shape_class[-2:] == ((3, 3), (2, 2))
+    assert fastconv.explain("residual_add", x, x).shape_class == _tuning.tensor_key(x)
     # a CUDA call in the table (the auto branch reads only x.device and shapes)
     monkeypatch.setattr(_backend, "get_backend", lambda: "auto")
     fake_x = torch.empty(128, 2048, 7, 7, device="meta").to(memory_format=torch.channels_last)
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: CUDA0))
     info = fastconv.explain("conv1x1_relu", fake_x.bfloat16(), torch.empty(512, 2048, 1, 1, device="meta").bfloat16())
-    assert info["backend"] == "torch" and info["why"].startswith("tuning table sm90")
+    assert info.backend == "torch" and info.why.startswith("tuning table sm90")
     with pytest.raises(ValueError, match="op must be one of"):
         fastconv.explain("conv3x3", x)
+
+
+def test_explain_reads_as_a_sentence_and_names_the_arithmetic_that_runs():
+    x = make_input((2, 16, 5, 5), torch.float32, "nhwc")
+    w = torch.randn(8, 16, 1, 1, device=DEVICE)
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default (the fixture restores it)
+    info = fastconv.explain("conv1x1_relu", x, w)
+    assert info.dtype == ("tf32" if HAS_CUDA else "fp32")  # a CPU conv runs IEEE fp32, flag or not
+    assert str(info) == f"conv1x1_relu in {info.dtype} runs on the {info.backend} backend ({info.why})."
+    with fastconv.use_backend("triton"):
+        text = str(fastconv.explain("conv1x1_relu", x.half(), w.half()))
+    assert text.startswith("conv1x1_relu in fp16 runs on the triton backend (backend 'triton' set by")
+    assert "with Triton tiles block_m " in text and text.endswith(").")
+    torch.backends.cudnn.allow_tf32 = False
+    assert fastconv.explain("conv1x1_relu", x, w).dtype == "fp32"
+    assert fastconv.explain("max_pool2d_same", x, 3).dtype == "fp32"
 
 
 @gpu

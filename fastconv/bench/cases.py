@@ -1,5 +1,7 @@
 """What is benchmarked: each op at a shape, with its minimum DRAM traffic, and the shapes
 (a key list, or every distinct fused-op call of ResNet-50 and GoogLeNet)."""
+import argparse
+
 import torch
 import torch.nn.functional as F
 
@@ -8,6 +10,29 @@ from fastconv.ops.pool_same import same_geometry
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "tf32": torch.float32}
+
+
+class UsageError(ValueError):
+    """A benchmark asked for something this machine or these shapes do not have (the command
+    line reports it as a usage error naming the flag)."""
+
+
+def positive_int(text):
+    """argparse type of counts and sizes."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def check_dtypes(names, on_gpu):
+    """Raise UsageError unless every dtype name runs here: TF32 needs CUDA tensor cores."""
+    allowed = [d for d in DTYPES if on_gpu or d != "tf32"]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise UsageError(f"--dtype {' '.join(bad)}: not a dtype of the benchmark on "
+                         f"{'this GPU' if on_gpu else 'the CPU (TF32 is a CUDA tensor-core mode)'}; "
+                         f"choose from {', '.join(allowed)}")
 
 
 class Case:
@@ -130,11 +155,6 @@ def inception_case(n, widths, hw, dtype, device):
 # A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
 # (op, channels in, size, channels out / kernel, stride, relu); "convres" adds a residual in
 # the conv's epilogue (a ResNet bottleneck's conv3).
-
-
-# A few shapes that stand for the rest (ResNet-50 and GoogLeNet layers at 224x224), as
-# (op, channels in, size, channels out / kernel, stride, relu); "convres" adds a residual in
-# the conv's epilogue (a ResNet bottleneck's conv3).
 KEY_SHAPES = [
     ("conv", 64, 56, 256, 1, True), ("convres", 64, 56, 256, 1, True), ("conv", 256, 56, 64, 1, True), ("conv", 256, 56, 512, 2, False),
     ("conv", 1024, 14, 256, 1, True), ("conv", 192, 28, 64, 1, True), ("conv", 832, 7, 384, 1, True),
@@ -142,6 +162,20 @@ KEY_SHAPES = [
     ("max", 64, 112, 3, 2), ("max", 192, 28, 3, 1), ("max", 480, 28, 3, 2), ("avg", 1024, 7, 3, 1),
     ("poolconv", 192, 28, 32), ("inception", (192, 64, 96, 128, 16, 32, 32), 28),  # GoogLeNet 3a
 ]
+QUICK_SHAPES = [KEY_SHAPES[i] for i in (0, 1, 7, 10, 11)]  # one of each conv, add and pool form
+
+
+def tiny(spec):
+    """The same op form (kind, stride, ReLU, pool window) at 16 channels and a 7x7 or 9x9
+    input: what Triton's interpreter runs in about a second."""
+    kind, *rest = spec
+    if kind in ("conv", "convres"):
+        return (kind, 16, 7, 16) + tuple(rest[3:])
+    if kind == "residual":
+        return ("residual", 16, 7)
+    if kind in ("max", "avg"):
+        return (kind, 16, 9) + tuple(rest[2:])
+    raise ValueError(f"no tiny form of {kind!r} shapes")
 
 
 def model_shapes(names=("resnet50", "googlenet")):
@@ -187,11 +221,17 @@ def model_shapes(names=("resnet50", "googlenet")):
 
 
 def op_cases(dtype, device, batches, shapes):
-    """Cases at each batch size for the shapes "quick" (one of each op form), "key"
-    (KEY_SHAPES) or "models" (every distinct call of ResNet-50 and GoogLeNet)."""
-    specs = model_shapes() if shapes == "models" else KEY_SHAPES
-    if shapes == "quick":
-        specs = [KEY_SHAPES[i] for i in (0, 1, 7, 10, 11)]
+    """Cases at each batch size for the shapes "quick" (QUICK_SHAPES: one of each op form),
+    "key" (KEY_SHAPES), "models" (every distinct call of ResNet-50 and GoogLeNet), or a list
+    of specs in the KEY_SHAPES form."""
+    if shapes == "models":
+        specs = model_shapes()
+    elif isinstance(shapes, str):
+        if shapes not in ("quick", "key"):
+            raise ValueError(f"shapes must be 'quick', 'key', 'models' or a list of specs, got {shapes!r}")
+        specs = QUICK_SHAPES if shapes == "quick" else KEY_SHAPES
+    else:
+        specs = shapes
     cases = []
     for n in batches:
         for kind, *spec in specs:

@@ -26,8 +26,9 @@ import time
 import torch
 
 import fastconv
-from fastconv.bench.cases import DTYPES
-from fastconv.bench.models import MODEL_TWINS, model_pair
+from fastconv.bench.cases import DTYPES, UsageError, check_dtypes, positive_int
+from fastconv.bench.models import MODEL_TWINS, check_providers, model_pair
+from fastconv.bench.progress import Progress
 from fastconv.bench.timing import on_backend
 
 SLEEP_CYCLES_PER_MS = 2_000_000  # ~2 GHz SM clock; the sleep is sized at twice the host time
@@ -82,14 +83,19 @@ def profile_text(call, forwards, title):
     return "\n".join(text)
 
 
-def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None, progress=None):
+def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None, progress=None, shown=None):
     """Rows of host/GPU/wall ms per model and provider, and the cProfile sections;
-    progress(rows, profiles) after each provider (the check writes its file each time)."""
+    progress(rows, profiles) after each provider (the check writes its file each time);
+    `shown` (a Progress) gets a line per step."""
     on_gpu = torch.cuda.is_available()
-    device, dtype = ("cuda" if on_gpu else "cpu"), DTYPES[dtype_name]
+    check_dtypes([dtype_name], on_gpu)
     backends = [b for b in ("triton", "cuda") if b in fastconv.available_backends()] if on_gpu else ["torch"]
+    check_providers(providers, on_gpu, ["eager", *backends])
+    device, dtype = ("cuda" if on_gpu else "cpu"), DTYPES[dtype_name]
+    shown = shown or Progress(False)
     rows, profiles = [], []
     for name in names:
+        shown.step(f"{name}: building it and torchvision's twin")
         eager, ours, x, _ = model_pair(name, device, dtype, batch, size)
         calls = {"eager": lambda: eager(x)}
         calls.update({b: (lambda b: lambda: on_backend(b, ours, (x,)))(b) for b in backends})
@@ -97,6 +103,7 @@ def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None, pro
             for prov, call in calls.items():
                 if providers and prov not in providers:
                     continue
+                shown.step(f"{name}: {forwards} forwards on {prov}" + (", then cProfile" if prov != "eager" else ""))
                 host, gpu, wall = time_forward(call, forwards)
                 rows.append({"model": name, "provider": prov, "host_ms": host, "gpu_ms": gpu, "wall_ms": wall})
                 if prov != "eager":
@@ -117,15 +124,23 @@ def markdown(rows, profiles, title):
     return "\n".join(lines + [""] + profiles) + "\n"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default (this machine's)."""
+
+
 def main(argv=None):
     on_gpu = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", default=["resnet50", "googlenet"], choices=list(MODEL_TWINS))
-    p.add_argument("--batch", type=int, default=128 if on_gpu else 1)
-    p.add_argument("--size", type=int, default=224 if on_gpu else 64, help="image height and width")
-    p.add_argument("--dtype", default="bf16" if on_gpu else "fp32", choices=list(DTYPES))
-    p.add_argument("--forwards", type=int, default=5)
-    p.add_argument("--provider", nargs="+", default=None, help="e.g. eager triton")
+    p = argparse.ArgumentParser(prog="python -m fastconv.bench.host", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--model", nargs="+", default=["resnet50", "googlenet"], choices=list(MODEL_TWINS),
+                   metavar="NAME", help=" ".join(MODEL_TWINS))
+    p.add_argument("--batch", type=positive_int, default=128 if on_gpu else 1, help="images per forward")
+    p.add_argument("--size", type=positive_int, default=224 if on_gpu else 64, help="image height and width")
+    p.add_argument("--dtype", default="bf16" if on_gpu else "fp32", choices=list(DTYPES),
+                   help="tf32 only on a GPU")
+    p.add_argument("--forwards", type=positive_int, default=5, help="timed forwards per provider")
+    p.add_argument("--provider", nargs="+", default=None,
+                   help="only these: eager and each fastconv backend here (GPU: triton, cuda; CPU: torch)")
     p.add_argument("--out", default=None, help="write the markdown here (else print it)")
     args = p.parse_args(argv)
     device = torch.cuda.get_device_name() if on_gpu else "CPU"
@@ -135,8 +150,13 @@ def main(argv=None):
     def write(rows, profiles):  # after every provider: a run killed at its time cap keeps the rows so far
         with open(args.out, "w") as f:
             f.write(markdown(rows, profiles, title))
-    rows, profiles = run_host(args.model, args.batch, args.dtype, args.forwards, args.size, args.provider,
-                              progress=write if args.out else None)
+    shown = Progress()
+    try:
+        rows, profiles = run_host(args.model, args.batch, args.dtype, args.forwards, args.size, args.provider,
+                                  progress=write if args.out else None, shown=shown)
+    except UsageError as e:
+        p.error(str(e))
+    shown.close()
     if not args.out:
         print(markdown(rows, profiles, title))
     return rows

@@ -5,12 +5,33 @@ import torch
 
 import fastconv
 from fastconv import reference
-from fastconv.bench.cases import DTYPES
+from fastconv.bench.cases import DTYPES, UsageError, check_dtypes
+from fastconv.bench.progress import Progress
 from fastconv.bench.timing import cuda_graphed, on_backend, time_ms
 
 MODEL_TWINS = {  # fastconv builder name -> torchvision builder name
     "resnet50": "resnet50", "googlenet": "googlenet", "vgg16": "vgg16", "alexnet": "alexnet",
     "resnet18": "resnet18"}  # BasicBlocks: residual_add; the cheapest to build (the check's dry run)
+# torchvision builder arguments: GoogLeNet's init_weights=True is its current default, passed
+# so that torchvision does not warn (FutureWarning) that the default will change
+TWIN_KWARGS = {"googlenet": {"init_weights": True}}
+
+
+def provider_names(on_gpu):
+    """What --provider may name for the models level here; "triton" also selects triton+graph
+    and triton+compile, "eager" eager+graph."""
+    if not on_gpu:
+        return ["eager", "torch"]
+    return ["eager", *[b for b in ("triton", "cuda") if b in fastconv.available_backends()], "compile"]
+
+
+def check_providers(wanted, on_gpu, names=None):
+    """Raise UsageError unless every name in `wanted` is one of `names` (default: provider_names)."""
+    names = names or provider_names(on_gpu)
+    bad = [w for w in wanted or () if w not in names]
+    if bad:
+        raise UsageError(f"--provider {' '.join(bad)}: not a provider of whole models on this machine "
+                         f"({'GPU' if on_gpu else 'CPU'}); choose from {', '.join(names)}")
 
 
 @contextlib.contextmanager
@@ -35,7 +56,7 @@ def model_pair(name, device, dtype, batch, size=224):
 
     from fastconv import models
     torch.manual_seed(0)
-    eager = getattr(tvm, MODEL_TWINS[name])(weights=None).to(device)
+    eager = getattr(tvm, MODEL_TWINS[name])(weights=None, **TWIN_KWARGS.get(name, {})).to(device)
     shape = (max(batch, 2), 3, size, size)  # train-mode BN needs 2 samples
     reference.calibrate_batchnorm(eager, [torch.randn(shape, device=device) for _ in range(2)])
     eager = eager.eval().to(memory_format=torch.channels_last)
@@ -48,15 +69,25 @@ def model_pair(name, device, dtype, batch, size=224):
     return eager, ours, x.to(dtype), ref
 
 
-def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=224, on_rows=None):
+def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=224, on_rows=None,
+               progress=True):
     """Whole-network inference (and one training step) in images/s: fastconv's backends
     against the torchvision model in eager mode and under torch.compile, channels_last;
     relative errors against eager and against the float32 model. `on_rows(rows)` after each
-    row (a killed run keeps them); the slow-to-build torch.compile providers run last."""
+    row (a killed run keeps them); the slow-to-build torch.compile providers run last.
+    vs_eager is None where eager was not asked for."""
     on_gpu = torch.cuda.is_available()
+    check_dtypes([dtype_name], on_gpu)
+    check_providers(provider_filter, on_gpu)
+    unknown = [n for n in names if n not in MODEL_TWINS]
+    if unknown:
+        raise UsageError(f"--model {' '.join(unknown)}: not a model of this level; choose from "
+                         f"{', '.join(MODEL_TWINS)}")
     device, dtype = ("cuda" if on_gpu else "cpu"), DTYPES[dtype_name]
     rows = []
+    shown = Progress(progress)
     for name in names:
+        shown.step(f"{name}: building it and torchvision's twin (batch {batch}, {dtype_name}, {size}x{size})")
         eager, ours, x, ref32 = model_pair(name, device, dtype, batch, size)
         with torch.no_grad():
             ref = eager(x)
@@ -76,6 +107,7 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=
             for prov, call in calls.items():
                 if provider_filter and prov.split("+")[0] not in provider_filter:
                     continue
+                shown.step(f"{name}: inference on {prov}")
                 out = call()
                 ms = time_ms(call, on_gpu)
                 rows.append({"model": name, "batch": batch, "dtype": dtype_name, "mode": "inference",
@@ -86,17 +118,18 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=
                 if on_rows:
                     on_rows(rows)
         if train_step:
-            rows += _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter)
+            rows += _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter, shown)
             if on_rows:
                 on_rows(rows)
+    shown.close()
     for row in rows:
-        base = next(r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
-                    and r["provider"] == "eager")
-        row["vs_eager"] = base["median_ms"] / row["median_ms"]
+        base = [r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
+                and r["provider"] == "eager"]
+        row["vs_eager"] = base[0]["median_ms"] / row["median_ms"] if base else None
     return rows
 
 
-def _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter):
+def _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter, shown):
     """One SGD step (forward, backward, update) in train mode, images/s."""
     rows = []
     providers_ = {"eager": (eager, "torch")}
@@ -105,6 +138,7 @@ def _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter):
     for prov, (model, backend) in providers_.items():
         if provider_filter and prov not in provider_filter:
             continue
+        shown.step(f"{name}: one training step on {prov}")
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 

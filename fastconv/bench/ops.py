@@ -1,15 +1,17 @@
 """The ops level: every op and shape for every provider, one row each."""
-import sys
-
 import torch
 
 import fastconv
 from fastconv import reference
-from fastconv.bench.cases import DTYPES, conv_case, op_cases, pool_case, residual_case
+from fastconv.bench.cases import DTYPES, QUICK_SHAPES, UsageError, check_dtypes, op_cases, tiny
+from fastconv.bench.progress import Progress
 from fastconv.bench.timing import copy_bandwidth, on_backend, time_ms
 
-def providers(on_gpu, wanted):
-    """name -> (backend or None for eager/compile, compile mode)."""
+
+def providers(on_gpu, wanted=None):
+    """name -> (backend or None for eager/compile, compile mode) of the providers timed here,
+    all of them or those `wanted` (a name this machine lacks raises UsageError). On the CPU,
+    "triton" is the interpreter check (correctness at a small size, not timed)."""
     names = {"eager": (None, None)}
     if on_gpu:
         # "auto": what fastconv runs by default (the tuning table, else the rule)
@@ -18,28 +20,42 @@ def providers(on_gpu, wanted):
         if "cuda" not in fastconv.available_backends():
             names.pop("cuda")
     else:
-        names.update({"torch": ("torch", None), "auto": ("auto", None)})
+        names.update({"torch": ("torch", None), "auto": ("auto", None), "triton": ("triton", None)})
+    unknown = [w for w in wanted or () if w not in names]
+    if unknown:
+        raise UsageError(f"--provider {' '.join(unknown)}: not a provider of the ops benchmark on this "
+                         f"machine ({'GPU' if on_gpu else 'CPU'}); choose from {', '.join(names)}")
     return {k: v for k, v in names.items() if not wanted or k in wanted}
 
 
 def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=True, on_rows=None):
-    """Rows of every (case, provider); `on_rows(rows)` after each case (a killed run keeps them)."""
+    """Rows of every (case, provider); `on_rows(rows)` after each case (a killed run keeps them).
+    The ratios against eager are None where eager was not asked for. On the CPU the Triton
+    kernels are checked in the interpreter (provider "triton-interpreter") after the timings."""
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
+    check_dtypes(dtype_names, on_gpu)
+    provs = providers(on_gpu, provider_filter)
+    timed = {k: v for k, v in provs.items() if on_gpu or k != "triton"}
+    plan = [(dn, c) for dn in dtype_names for c in op_cases(DTYPES[dn], device, batches, shapes)]
+    missing = sorted(set(op_filter or ()) - {c.op for _, c in plan})
+    if missing:
+        where = f"the {shapes!r} shapes" if isinstance(shapes, str) else "these shapes"
+        raise UsageError(f"--op {' '.join(missing)}: not an op of {where}; choose from "
+                         f"{', '.join(dict.fromkeys(c.op for _, c in plan))}")
+    plan = [(dn, c) for dn, c in plan if timed and (not op_filter or c.op in op_filter)]
     rows = []
     bw = copy_bandwidth() if on_gpu else None
-    provs = providers(on_gpu, provider_filter)
-    plan = [(dn, c) for dn in dtype_names
-            for c in op_cases(DTYPES[dn], device, batches, shapes)
-            if not op_filter or c.op in op_filter]
+    shown = Progress(progress)
     for i, (dn, case) in enumerate(plan):
+        shown.step(f"[{i + 1}/{len(plan)}] {case.op} {case.label} {dn}")
         torch.backends.cudnn.allow_tf32 = dn == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = dn == "tf32"
         inputs = case.make()
         with torch.no_grad():
             eager_out = case.eager(*inputs)
             times = {}
-            for name, (backend, mode) in provs.items():
+            for name, (backend, mode) in timed.items():
                 if mode is not None:
                     fn = torch.compile(case.eager, mode=mode)
                     call = lambda fn=fn: fn(*inputs)  # noqa: E731
@@ -60,46 +76,36 @@ def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=T
                              "GB/s": case.min_bytes / ms / 1e6,
                              "pct_copy_bw": 100 * case.min_bytes / ms / 1e6 / bw if bw else None,
                              "TFLOP/s": case.flops / ms / 1e9 if case.flops else None})
-        for row in rows[-len(times):]:  # this case's rows
-            row["vs_eager"] = times["eager"] / row["median_ms"]
-            row["vs_compile"] = times["compile"] / row["median_ms"] if "compile" in times else None
+        for row in rows[len(rows) - len(times):]:  # this case's rows
+            ms = row["median_ms"]
+            row["vs_eager"] = times["eager"] / ms if "eager" in times else None
+            row["vs_compile"] = times["compile"] / ms if "compile" in times else None
             # the strongest baseline: Inductor's max-autotune (a 1x1 conv as a tuned Triton matmul)
             best = times.get("compile-max-autotune")
-            row["vs_compile_max_autotune"] = best / row["median_ms"] if best else None
+            row["vs_compile_max_autotune"] = best / ms if best else None
         if on_rows:
             on_rows(rows)
-        if progress:
-            print(f"\r[{i + 1}/{len(plan)}] {case.op} {case.label} {dn}", end="", file=sys.stderr)
-    if progress:
-        print(file=sys.stderr)
-    if not on_gpu:
-        rows += interpreter_check(op_filter)
+    if not on_gpu and "triton" in provs:
+        rows += interpreter_check(op_filter, shown)
+    shown.close()
     return rows, bw
 
 
-def interpreter_check(op_filter=None):
-    """CPU only: the Triton kernels through the interpreter against float64, at a small size."""
+def interpreter_check(op_filter=None, shown=None):
+    """CPU only: the Triton kernels through the interpreter against float64, each quick
+    shape's op form (kind, stride, ReLU, residual, pool window) at a tiny size."""
     rows = []
-    for case in op_cases(torch.float32, "cpu", [2], "quick"):
-        if op_filter and case.op not in op_filter:
-            continue
-        small = _shrink(case)
-        inputs = small.make()
+    cases = [c for c in op_cases(torch.float32, "cpu", [2], [tiny(s) for s in QUICK_SHAPES])
+             if not op_filter or c.op in op_filter]
+    for i, case in enumerate(cases):
+        if shown:
+            shown.step(f"[{i + 1}/{len(cases)}] Triton interpreter: {case.op} {case.label} fp32")
+        inputs = case.make()
         with torch.no_grad(), fastconv.use_backend("triton"):
-            out = small.ours(*inputs)
-        ref = small.eager(*[t.double() for t in inputs])
-        rows.append({"op": case.op, "shape": small.label, "dtype": "fp32",
+            out = case.ours(*inputs)
+        ref = case.eager(*[t.double() for t in inputs])
+        rows.append({"op": case.op, "shape": case.label, "dtype": "fp32",
                      "provider": "triton-interpreter", "median_ms": None,
                      "rel_err_vs_eager": reference.rel_error(out, ref),
                      "max_abs_err_vs_eager": (out.double() - ref).abs().max().item()})
     return rows
-
-
-def _shrink(case):
-    """The same op at 1/8 of the channels and spatial size, for the interpreter."""
-    op = case.op
-    if op.startswith("conv"):
-        return conv_case(2, 16, 7, 16, 1, torch.float32, "cpu")
-    if op == "residual_add":
-        return residual_case(2, 16, 7, torch.float32, "cpu")
-    return pool_case(op.split("_")[0], 2, 16, 9, 3, 2, torch.float32, "cpu")

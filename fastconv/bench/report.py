@@ -3,28 +3,52 @@ import datetime
 import os
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
 import fastconv
 
-def environment():
+
+def source_commit():
+    """(commit, dirty) of the git checkout fastconv is imported from (an editable install or
+    a clone), else (None, None): an installed copy has no commit of its own, and the current
+    directory's repository may be anything."""
+    package = Path(fastconv.__file__).resolve().parent
+
     def git(*args):
         try:
-            return subprocess.check_output(["git", *args], text=True, stderr=subprocess.DEVNULL).strip()
+            return subprocess.check_output(["git", "-C", str(package.parent), *args], text=True,
+                                           stderr=subprocess.DEVNULL).strip()
         except (OSError, subprocess.CalledProcessError):
             return None
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != package.parent:  # e.g. site-packages inside some repo
+        return None, None
+    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def environment():
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    commit, dirty = source_commit()
     return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU",
             "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "python": platform.python_version(), "fastconv": fastconv.__version__,
+            "commit": commit, "dirty": dirty,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "fastconv_backends": fastconv.available_backends()}
+
+
+def source(env):
+    """'fastconv 0.1.0, commit 1a2b3c4d5e6f (dirty)', or without a commit where none was recorded."""
+    text = f"fastconv {env.get('fastconv', '?')}"
+    if env.get("commit"):
+        text += f", commit {env['commit'][:12]}{' (dirty)' if env.get('dirty') else ''}"
+    return text
 
 
 def _fmt(v, spec):
@@ -34,7 +58,7 @@ def _fmt(v, spec):
 def markdown(rows, env, bw):
     lines = [f"# fastconv op benchmark ({env['date'][:10]})", "",
              f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; "
-             f"commit {env['commit']}{' (dirty)' if env['dirty'] else ''}.",
+             f"{source(env)}.",
              f"Copy bandwidth measured here: {bw:.0f} GB/s." if bw else
              "No GPU: CPU times of the torch backend against eager; Triton checked in the interpreter.",
              "Median times; GB/s on the op's minimum traffic; ratios > 1 mean faster than eager/compile.", "",
@@ -58,7 +82,7 @@ def models_markdown(rows):
              "|---|---:|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['mode']} | {r['provider']} | "
-                     f"{r['median_ms']:.2f} | {r['images/s']:.0f} | {r['vs_eager']:.2f} | "
+                     f"{r['median_ms']:.2f} | {r['images/s']:.0f} | {_fmt(r.get('vs_eager'), '.2f')} | "
                      f"{_fmt(r.get('rel_err_vs_eager'), '.2e')} | {_fmt(r.get('rel_err_vs_fp32'), '.2e')} |")
     return "\n".join(lines) + "\n"
 
@@ -91,8 +115,7 @@ def plot(result, out_dir, stem):
         ax.set_xticklabels([f"{o}\n{sh} {dt}" for o, sh, dt in cases], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(label)
         env = result.get("env", {})
-        ax.set_title(f"fastconv on {env.get('device', '?')} ({env.get('date', '')[:10]}, {env.get('commit', '')[:8]})",
-                     fontsize=9)
+        ax.set_title(f"{source(env)} on {env.get('device', '?')} ({env.get('date', '')[:10]})", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{stem}_{name}.png")

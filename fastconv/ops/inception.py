@@ -218,7 +218,14 @@ def conv1x1_relu_split_into(x: Tensor, weight: Tensor, bias: Optional[Tensor], o
                             pool: bool = False) -> None:
     """conv1x1_relu_split written into `outs` (1 to 3 tensors [N, c_i, H, W], any strides,
     e.g. channel slices of a concatenation buffer) instead of new tensors. No autograd:
-    for inference. outs must not overlap x."""
+    for inference: raises if x, weight or bias requires grad while grad mode is on (no graph
+    would be recorded; use conv1x1_relu_split, or torch.no_grad()). outs must not overlap x."""
     if not _types_ok(x, weight, bias):
         _check(x, weight, bias, [1])
+    if torch.is_grad_enabled():
+        for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+            if t is not None and t.requires_grad:
+                raise RuntimeError(f"conv1x1_relu_split_into has no autograd, but {name} requires grad "
+                                   "with grad mode on: use conv1x1_relu_split (differentiable), or call "
+                                   "it under torch.no_grad() / torch.inference_mode()")
     conv1x1_relu_split_into_op(x, weight, bias, list(outs) if isinstance(outs, tuple) else outs, pool)

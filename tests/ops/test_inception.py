@@ -146,6 +146,21 @@ def test_errors():
             call()
 
 
+def test_split_into_refuses_inputs_that_need_a_graph():
+    """It writes into outs without autograd: a silent missing gradient would be worse than an error."""
+    x = make_input((1, 3, 2, 2), torch.float32)
+    w = torch.randn(4, 3, device=DEVICE)
+    out = torch.empty(1, 4, 2, 2, device=DEVICE)
+    for name, args in (("x", (x.requires_grad_(), w, None)), ("weight", (x.detach(), w.requires_grad_(), None)),
+                       ("bias", (x.detach(), w.detach(), torch.zeros(4, device=DEVICE, requires_grad=True)))):
+        with pytest.raises(RuntimeError, match=f"no autograd, but {name} requires grad"):
+            fastconv.conv1x1_relu_split_into(*args, [out])
+        with torch.no_grad():
+            fastconv.conv1x1_relu_split_into(*args, [out])
+        assert_close(out, reference.conv1x1_relu(args[0].detach(), args[1].detach()[:, :, None, None],
+                                                 None if args[2] is None else args[2].detach()), torch.float32)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_opcheck_and_gradcheck(backend):
     """Tiny float64 shapes and gradcheck's fast mode: the interpreter runs every perturbation."""
