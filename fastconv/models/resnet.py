@@ -30,11 +30,15 @@ def _shortcut(block, x):
     return conv1x1_bn_act(x, conv, bn, relu=False)
 
 
+def _conv_bn_twice(block, x, relu_last):
+    """conv1 + bn1 + ReLU, then conv2 + bn2 (+ ReLU): the body both 3x3 blocks share."""
+    out = conv_bn_act(x, block.conv1, block.bn1, relu=True)
+    return conv_bn_act(out, block.conv2, block.bn2, relu=relu_last)
+
+
 class BasicBlock(tv.BasicBlock):
     def forward(self, x):
-        out = conv_bn_act(x, self.conv1, self.bn1, relu=True)
-        out = conv_bn_act(out, self.conv2, self.bn2, relu=False)
-        return ops.residual_add(out, _shortcut(self, x))
+        return ops.residual_add(_conv_bn_twice(self, x, relu_last=False), _shortcut(self, x))
 
 
 class Bottleneck(tv.Bottleneck):
@@ -52,8 +56,7 @@ class PlainBlock(tv.BasicBlock):
         self.downsample = None  # no projection either: nothing is added
 
     def forward(self, x):
-        out = conv_bn_act(x, self.conv1, self.bn1, relu=True)
-        return conv_bn_act(out, self.conv2, self.bn2, relu=True)
+        return _conv_bn_twice(self, x, relu_last=True)
 
 
 class ResNet(tv.ResNet):
@@ -71,29 +74,20 @@ def _resnet(block, layers, num_classes):
     return model
 
 
-def resnet18(num_classes=1000):
-    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes)
+def _builder(name, block, layers):
+    def build(num_classes=1000):
+        return _resnet(block, layers, num_classes)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{name}: torchvision's architecture and parameter names on fastconv's ops."
+    return build
 
 
-def resnet34(num_classes=1000):
-    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes)
-
-
-def resnet50(num_classes=1000):
-    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes)
-
-
-def resnet101(num_classes=1000):
-    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes)
-
-
-def resnet152(num_classes=1000):
-    return _resnet(Bottleneck, [3, 8, 36, 3], num_classes)
-
-
-def plain18(num_classes=1000):
-    return _resnet(PlainBlock, [2, 2, 2, 2], num_classes)
-
-
-def plain34(num_classes=1000):
-    return _resnet(PlainBlock, [3, 4, 6, 3], num_classes)
+# torchvision's depths (blocks per stage)
+resnet18 = _builder("resnet18", BasicBlock, [2, 2, 2, 2])
+resnet34 = _builder("resnet34", BasicBlock, [3, 4, 6, 3])
+resnet50 = _builder("resnet50", Bottleneck, [3, 4, 6, 3])
+resnet101 = _builder("resnet101", Bottleneck, [3, 4, 23, 3])
+resnet152 = _builder("resnet152", Bottleneck, [3, 8, 36, 3])
+plain18 = _builder("plain18", PlainBlock, [2, 2, 2, 2])
+plain34 = _builder("plain34", PlainBlock, [3, 4, 6, 3])
