@@ -64,10 +64,12 @@ class Precision:
 
     @classmethod
     def of(cls, dtype, device):
-        """The precision PyTorch uses for `dtype` on `device`: fp32 convolutions on a CUDA
-        device follow torch.backends.cudnn.allow_tf32 (True by default)."""
-        device = torch.device(device)
-        return cls(dtype, tf32=device.type == "cuda" and torch.backends.cudnn.allow_tf32)
+        """The precision PyTorch uses for `dtype` on `device`: on a CUDA device, fp32
+        convolutions follow torch.backends.cudnn.allow_tf32 (True by default) and matmuls
+        torch.backends.cuda.matmul.allow_tf32; if either allows TF32, every dot product's
+        bound does (the larger bound)."""
+        tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+        return cls(dtype, tf32=torch.device(device).type == "cuda" and tf32)
 
     def name(self):
         names = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

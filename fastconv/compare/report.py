@@ -76,19 +76,27 @@ class Report:
         data = json.loads(text)
         return cls([Row(**r) for r in data["rows"]], data["meta"], data["first_failure"])
 
-    def __str__(self):
+    def _head(self):
         m = self.meta
-        head = (f"fastconv.compare: {m.get('candidate')} vs {m.get('reference')}, {m.get('precision')} on "
-                f"{m.get('device')}, inputs {m.get('inputs')}; tolerance: {m.get('tolerance')}")
-        lines = [head, _table(self.rows)]
+        return (f"fastconv.compare: {m.get('candidate')} vs {m.get('reference')}, {m.get('mode')}, "
+                f"{m.get('precision')} on {m.get('device')} (backend {m.get('backend')}), inputs "
+                f"{m.get('inputs')}; tolerance: {m.get('tolerance')}")
+
+    def _verdict(self):
         failing = self.failing_row()
         if failing is None:
-            lines.append(f"PASSED: {len(self.rows)} rows within tolerance")
-        else:
-            where = "" if failing.worst_at in (None, "output") else f" at the {failing.worst_at}"
-            lines.append(f"FAILED: first failing layer {failing.name} ({failing.span}): own error{where} "
-                         f"{failing.ratio:.3g}x its tolerance; {_replacement(failing)}")
-        return "\n".join(lines)
+            return f"PASSED: {len(self.rows)} rows within tolerance"
+        where = "" if failing.worst_at in (None, "output") else f" at the {failing.worst_at}"
+        failed = sum(r.passed is False for r in self.rows)
+        return (f"FAILED ({failed} of {len(self.rows)} rows): first failing layer {failing.name} "
+                f"({failing.span}): own error{where} {failing.ratio:.3g}x its tolerance; {_replacement(failing)}")
+
+    def __str__(self):
+        return "\n".join([self._head(), _table(self.rows), self._verdict()])
+
+    def failure_summary(self):
+        """The verdict, then the table of the failing rows only (for an assertion message)."""
+        return "\n".join([self._verdict(), self._head(), _table([r for r in self.rows if r.passed is False])])
 
     def diff(self, other):
         """A table comparing this report (A) with another (B) row by row: own/tol and the
