@@ -63,7 +63,7 @@ def compare(reference, candidate, inputs, *, train=False, rtol=None, atol=None, 
     meta = {"reference": type(reference).__name__, "candidate": type(candidate).__name__,
             "dtype": str(dtype).replace("torch.", ""), "precision": precision.name(), "device": str(device),
             "backend": _backend_name(), "mode": "train step" if train else "eval",
-            "inputs": [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
+            "inputs": ["x".join(map(str, t.shape)) for t in inputs if isinstance(t, torch.Tensor)],
             "tolerance": (f"atol {atol or 0:g} + rtol {rtol or 0:g} |exact|" if custom else
                           "derived bound" + (f" x {bound_scale:g}" if bound_scale != 1 else ""))}
     if train:
