@@ -201,14 +201,12 @@ def _run_local(candidate, ref_rec, cand_rec, found, b, counterpart):
                 leaves[tensors[o.position]] = ref_rec.values[o.ref].clone()
         return tree_unflatten(leaves, spec)
 
-    hooks = []
-    try:
-        if inner:
-            for name, m in module.named_modules():
-                if name:
-                    path = f"{b.cand.path}.{name}" if b.cand.path else name
-                    hooks.append(m.register_forward_pre_hook(functools.partial(enter, path), with_kwargs=True))
-                    hooks.append(m.register_forward_hook(functools.partial(leave, path), with_kwargs=True))
+    hooks, watched = [], {path for path, _ in inner}
+    try:  # by path in the whole model: a fused layer may call a module registered elsewhere
+        for path, m in candidate.named_modules():
+            if path in watched:
+                hooks.append(m.register_forward_pre_hook(functools.partial(enter, path), with_kwargs=True))
+                hooks.append(m.register_forward_hook(functools.partial(leave, path), with_kwargs=True))
         with torch.no_grad(), _FastconvOps() as ops:
             out = module(*args, **kwargs)
     finally:

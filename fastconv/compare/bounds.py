@@ -14,13 +14,16 @@ Numerical Algorithms*, 2nd ed., ch. 3):
   K the reduction length (Cin/groups * kh * kw for a conv, +1 for the bias), plus `u |out|`
   for rounding the result to the storage precision `u`, plus (TF32) 2 u_tf32 |a|.|b| for
   rounding both operands to TF32; the inherited error goes through |W|: |W| e_x;
-  batch norm (eval) y = s x + t: |s| e_x + u |out|, plus u (|s| D_x + |t|) for folding it
-  into the conv before it (the folded weights and bias rounded to `u`), D_x being the
-  |W|.|x| + |b| of that conv (|x| if x does not come straight from one);
+  batch norm (eval) y = s x + t, s = gamma / sqrt(var + eps), t = beta - mean s: |s| e_x
+  + u (a + |out|) + 5 ua a, with a = |s| (D_x + |mean|) + |beta| bounding every intermediate of
+  eager's arithmetic and of folding BN into the conv before it (its weights and bias rounded
+  to `u`), D_x being the |W|.|x| + |b| of that conv (|x| if x does not come straight from one);
   sums and means over n elements (average pools, mean): gamma_n |x| summed alike;
+  every rounding to the storage precision: u |out| + eta, eta the subnormal spacing (underflow);
   add, sub, mul, div: the usual first-order terms plus u |out|;
   relu, max pools, hardtanh, clamps: 1-Lipschitz and exact: the inherited error, pooled alike;
-  smooth activations: L e_x + u |out| + 4 ua |out| (L their Lipschitz constant);
+  smooth activations: L e_x + u |out| + 4 ua |out| (L their Lipschitz constant), plus an
+  fp32 intermediate's underflow scaled by |x|;
   copies, views, concatenation, padding: the same op applied to e.
 
 Every term is an upper bound for any evaluation order and any fusion of the same ops in that
@@ -33,6 +36,7 @@ import math
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.weak import WeakIdKeyDictionary
 
 aten = torch.ops.aten
 
@@ -61,6 +65,11 @@ class Precision:
         self.u = UNIT_ROUNDOFF[dtype]
         self.ua = UNIT_ROUNDOFF[torch.float64 if dtype == torch.float64 else torch.float32]
         self.operand = TF32_UNIT_ROUNDOFF if tf32 and dtype == torch.float32 else 0.0
+        # underflow (Higham (2.8): fl(x) = x (1 + d) + eta): a subnormal result errs by up to
+        # the subnormal spacing; an fp32 intermediate flushed to zero (FTZ) by up to fp32's
+        # smallest normal number
+        self.flush = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).tiny
+        self.eta = max(torch.finfo(dtype).tiny * torch.finfo(dtype).eps, self.flush)
 
     @classmethod
     def of(cls, dtype, device):
@@ -75,6 +84,10 @@ class Precision:
         names = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
         return "tf32" if self.operand else names[self.dtype]
 
+    def rounding(self, out):
+        """The error bound of rounding `out` to the storage precision: u |out| + eta."""
+        return self.u * out.abs() + self.eta
+
     def dot(self, k):
         """The coefficient of |a|.|b| in the bound of a K-term dot product (times 1 + u: the
         result's rounding applies to the sum's error too)."""
@@ -87,6 +100,8 @@ _LIPSCHITZ = {aten.sigmoid: 0.25, aten.sigmoid_: 0.25, aten.tanh: 1.0, aten.tanh
               aten.hardsigmoid_: 1 / 6, aten.hardswish: 1.5, aten.hardswish_: 1.5, aten.elu: 1.0,
               aten.elu_: 1.0, aten.mish: 1.0891, aten.mish_: 1.0891, aten.leaky_relu: 1.0,
               aten.leaky_relu_: 1.0}
+# In-place ops whose bound reads the input's value, which the op overwrites.
+_IN_PLACE_READING_INPUT = {aten.mul_, aten.div_} | {p for p in _LIPSCHITZ if p.__name__.endswith("_")}
 # Exact and 1-Lipschitz: the inherited error passes unchanged (pooled alike for max pools).
 _EXACT_1_LIPSCHITZ = {aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten.clamp,
                       aten.clamp_, aten.clamp_min, aten.clamp_min_, aten.clamp_max, aten.clamp_max_,
@@ -115,25 +130,25 @@ class ErrorBound(TorchDispatchMode):
     def __init__(self, precision, bounds=True):
         super().__init__()
         self.p, self.bounds = precision, bounds  # bounds=False: only runs the ops (fixed tolerances)
-        self._bound = {}  # id(tensor) -> (tensor, e, D): the tensor is held so its id stays its own
+        self._bound = WeakIdKeyDictionary()  # tensor -> (e, D), dropped with the tensor
 
     def error(self, t):
         """The bound of t, or None where t is exact."""
-        entry = self._bound.get(id(t)) if isinstance(t, torch.Tensor) else None
-        return entry[1] if entry is not None and entry[0] is t else None
+        entry = self._bound.get(t) if isinstance(t, torch.Tensor) else None
+        return None if entry is None else entry[0]
 
     def dot_magnitude(self, t):
         """D of t: |W|.|x| + |b| of the conv it comes straight from (through batch norm), else |t|."""
-        entry = self._bound.get(id(t))
-        return entry[2] if entry is not None and entry[0] is t and entry[2] is not None else t.abs()
+        entry = self._bound.get(t)
+        return entry[1] if entry is not None and entry[1] is not None else t.abs()
 
     def set(self, t, e, dot=None):
-        self._bound[id(t)] = (t, e, dot)
+        self._bound[t] = (e, dot)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func.overloadpacket
-        if packet in (aten.mul_, aten.div_) and self.bounds:  # their rules need the operand as it was
+        if packet in _IN_PLACE_READING_INPUT and self.bounds:  # their rules need the operand as it was
             before = args[0].clone()
             self.set(before, self.error(args[0]))
             out = func(*args, **kwargs)
@@ -151,8 +166,10 @@ class ErrorBound(TorchDispatchMode):
         elif packet in _EXACT_1_LIPSCHITZ:
             self.set(out, self.error(args[0]))
         elif packet in _LIPSCHITZ:
-            self.set(out, _sum(_scaled(_LIPSCHITZ[packet], self.error(args[0])),
-                               (self.p.u + 4 * self.p.ua) * out.abs()))
+            # its few fp32 roundings, and an intermediate (sigmoid(x) of silu = x sigmoid(x))
+            # flushed to zero, scaled by up to |x|
+            self.set(out, _sum(_scaled(_LIPSCHITZ[packet], self.error(args[0])), self.p.rounding(out)
+                               + 4 * self.p.ua * out.abs() + self.p.flush * args[0].abs()))
         elif packet is aten.copy_:
             e = self.error(args[1])
             self.set(args[0], None if e is None else e.expand_as(args[0]).clone())
@@ -209,7 +226,7 @@ def _conv(mode, args, kwargs, out):
         inherited = _sum(inherited, conv(x.abs(), e_w))
     if e_b is not None:
         inherited = _sum(inherited, e_b.view(-1, *([1] * (out.dim() - 2))))
-    mode.set(out, _sum(inherited, mode.p.dot(k) * mag, mode.p.u * out.abs()), mag)
+    mode.set(out, _sum(inherited, mode.p.dot(k) * mag, mode.p.rounding(out)), mag)
 
 
 def _addmm(mode, args, kwargs, out):
@@ -219,7 +236,7 @@ def _addmm(mode, args, kwargs, out):
     e1, e2, eb = mode.error(m1), mode.error(m2), mode.error(bias)
     inherited = _sum(None if e1 is None else alpha * (e1 @ m2.abs()),
                      None if e2 is None else alpha * (m1.abs() @ e2), _scaled(beta, eb))
-    mode.set(out, _sum(inherited, mode.p.dot(m1.shape[-1] + 1) * mag, mode.p.u * out.abs()), mag)
+    mode.set(out, _sum(inherited, mode.p.dot(m1.shape[-1] + 1) * mag, mode.p.rounding(out)), mag)
 
 
 def _mm(mode, args, kwargs, out):
@@ -227,7 +244,7 @@ def _mm(mode, args, kwargs, out):
     mag = a.abs() @ b.abs()
     ea, eb = mode.error(a), mode.error(b)
     inherited = _sum(None if ea is None else ea @ b.abs(), None if eb is None else a.abs() @ eb)
-    mode.set(out, _sum(inherited, mode.p.dot(a.shape[-1]) * mag, mode.p.u * out.abs()), mag)
+    mode.set(out, _sum(inherited, mode.p.dot(a.shape[-1]) * mag, mode.p.rounding(out)), mag)
 
 
 def _batch_norm(mode, args, kwargs, out):
@@ -246,14 +263,14 @@ def _batch_norm(mode, args, kwargs, out):
         (bias.view(shape).abs() if bias is not None else 0)
     y = out[0]
     e_x = mode.error(x)
-    e = _sum(None if e_x is None else s.view(shape).abs() * e_x, mode.p.u * (a + y.abs()), 5 * mode.p.ua * a)
+    e = _sum(None if e_x is None else s.view(shape).abs() * e_x, mode.p.u * a + mode.p.rounding(y), 5 * mode.p.ua * a)
     mode.set(y, e, s.view(shape).abs() * mode.dot_magnitude(x) + t.view(shape).abs())
 
 
 def _add(mode, args, kwargs, out):
     a, b = args[:2]
     alpha = abs(kwargs.get("alpha", args[2] if len(args) > 2 else 1))
-    mode.set(out, _sum(mode.error(a), _scaled(alpha, mode.error(b)), mode.p.u * out.abs()))
+    mode.set(out, _sum(mode.error(a), _scaled(alpha, mode.error(b)), mode.p.rounding(out)))
 
 
 def _mul(mode, args, kwargs, out):
@@ -262,7 +279,7 @@ def _mul(mode, args, kwargs, out):
         a, b = b, a
     ea, eb = mode.error(a), mode.error(b)
     mode.set(out, _sum(None if ea is None else abs(b) * ea if not isinstance(b, torch.Tensor) else b.abs() * ea,
-                       None if eb is None else a.abs() * eb, mode.p.u * out.abs()))
+                       None if eb is None else a.abs() * eb, mode.p.rounding(out)))
 
 
 def _div(mode, args, kwargs, out):
@@ -270,7 +287,7 @@ def _div(mode, args, kwargs, out):
     ea, eb = mode.error(a), mode.error(b)
     babs = b.abs() if isinstance(b, torch.Tensor) else abs(b)
     mode.set(out, _sum(None if ea is None else ea / babs, None if eb is None else (a / (b * b)).abs() * eb,
-                       mode.p.u * out.abs()))
+                       mode.p.rounding(out)))
 
 
 def _max_pool(mode, args, kwargs, out):
@@ -286,7 +303,7 @@ def _reduction(n_of, op):
         x, e = args[0], mode.error(args[0])
         n = n_of(x, args, out)
         mode.set(out, _sum(None if e is None else op(e, *args[1:], **kwargs),
-                           mode.p.dot(n) * op(x.abs(), *args[1:], **kwargs), mode.p.u * out.abs()))
+                           mode.p.dot(n) * op(x.abs(), *args[1:], **kwargs), mode.p.rounding(out)))
     return rule
 
 

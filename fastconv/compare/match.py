@@ -10,10 +10,11 @@ That end is found from the data flow, not from names:
      input of Q at the same position (the conv2 after a fused conv1 + bn1 + relu reads the
      reference's relu output);
   2. otherwise (it only feeds a fused op, or glue code such as an add): the reference's output
-     of the same call, or of one of the reference calls after it whose paths never run in the
-     candidate (absorbed layers: the BN after a fused projection conv), whichever the
-     candidate's value is nearest (an absorbed BN changes a value by far more than any
-     rounding or bug that still lets the layer pass for what it replaced).
+     of the same call, of one of the reference calls after it whose paths never run in the
+     candidate (absorbed layers: the BN after a fused projection conv), or of a module around
+     it that the candidate inlined (a block whose add went into the conv's epilogue),
+     whichever the candidate's value is nearest (an absorbed BN or add changes a value by far
+     more than any rounding or bug that still lets the layer pass for what it replaced).
 Each pair becomes a Boundary: one row of the report.
 """
 import collections
@@ -86,11 +87,11 @@ def boundaries(ref_rec, cand_rec):
             found.append(Boundary(c, r, outputs, end))
             for o in outputs:
                 counterpart.setdefault(o.cand, o.ref)
-    for b in found:
-        b.level = sum(other.ref is not b.ref and b.ref.inside(other.ref) for other in found)
+    for b in found:  # nesting is the candidate's: a fused layer may call a module (timm's
+        b.level = sum(b.cand.inside(other.cand) for other in found)  # BN-act's SiLU) it absorbed
     for b in found:  # an enclosing boundary's own work ends at the inputs of those inside it too
         for child in found:
-            if child.level == b.level + 1 and child.ref.inside(b.ref) and child.cand.inside(b.cand):
+            if child.level == b.level + 1 and child.cand.inside(b.cand):
                 for j, (kc, kr) in enumerate(zip(child.cand.inputs(), child.ref.inputs())):
                     if _shape_of(cand_rec, kc) == _shape_of(ref_rec, kr):
                         label = f"input of {child.name}" + (f" [{j}]" if len(child.ref.inputs()) > 1 else "")
@@ -150,6 +151,10 @@ class _Flow:
                 break
             kr, end = nxt.outputs[0], nxt
             chain.append((kr, end))
+        parent = r.parent  # modules the candidate inlined: their glue (an add) may be fused too
+        while parent is not None and parent.path not in self.cand_paths:
+            chain += [(leaf, parent) for leaf in parent.outputs if isinstance(leaf, Ref)]
+            parent = parent.parent
         kr, end = min(chain, key=lambda link: self._distance(kc, link[0]))
         end = self.producer(kr, r) or end
         return kr, ("leave", end, end.outputs.index(kr))

@@ -14,13 +14,13 @@ class Ref(collections.namedtuple("Ref", "id version")):
 
 class Call:
     """One call of the module at `path` (its `index`-th): start/end in the recording's
-    sequence, depth (calls around it), and its arguments and outputs as pytree leaves,
+    sequence, the call it ran in (parent), and its arguments and outputs as pytree leaves,
     tensors replaced by Refs."""
 
-    __slots__ = ("path", "index", "start", "end", "depth", "spec", "leaves", "outputs", "out_spec")
+    __slots__ = ("path", "index", "start", "end", "parent", "spec", "leaves", "outputs", "out_spec")
 
-    def __init__(self, path, index, start, depth, spec, leaves):
-        self.path, self.index, self.start, self.depth = path, index, start, depth
+    def __init__(self, path, index, start, parent, spec, leaves):
+        self.path, self.index, self.start, self.parent = path, index, start, parent
         self.spec, self.leaves = spec, leaves
         self.end, self.outputs, self.out_spec = None, [], None
 
@@ -57,7 +57,7 @@ class Recording:
 
     def _enter(self, path, module, args, kwargs):
         spec, leaves = self._leaves((args, kwargs))
-        call = Call(path, self._counts[path], self._seq, len(self._stack), spec, leaves)
+        call = Call(path, self._counts[path], self._seq, self._stack[-1] if self._stack else None, spec, leaves)
         self._counts[path] += 1
         self._seq += 1
         self._stack.append(call)
@@ -68,9 +68,6 @@ class Recording:
         call.end = self._seq
         self._seq += 1
         call.out_spec, call.outputs = self._leaves(output)
-
-    def value(self, leaf):
-        return self.values[leaf] if isinstance(leaf, Ref) else leaf
 
     def rebuild(self, call, tensor_of):
         """(args, kwargs) of `call` with each tensor leaf replaced by tensor_of(ref)."""

@@ -49,7 +49,7 @@ def _build(name):
 
 # (input shape): GoogLeNet's and the timm model's BN see 2 images; ResNet-50 runs at batch 1.
 SHAPES = {"tiny": (2, 3, 15, 15), "googlenet": (2, 3, 64, 64), "resnet50": (1, 3, 64, 64),
-          "timm:resnet26d": (2, 3, 64, 64), "resnet18": (2, 3, 32, 32)}
+          "timm:resnet26d": (2, 3, 64, 64), "timm:efficientnet_b0": (2, 3, 64, 64), "resnet18": (2, 3, 32, 32)}
 
 
 @functools.lru_cache(maxsize=None)

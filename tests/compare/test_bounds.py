@@ -107,3 +107,12 @@ def test_an_op_without_a_rule_is_named():
 def test_precision_refuses_integer_dtypes():
     with pytest.raises(ValueError, match="dtype must be one of"):
         Precision(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_place_activation_near_underflow_within_bound(dtype):
+    """silu_ overwrites its input (the bound reads it before), and its sigmoid underflows
+    for x < -87: fp32 returns -0 where the exact value is -7e-38 at x = -90."""
+    x = torch.tensor([-104.0, -90.0, -87.0, -3.0, -1e-36, 0.0, 1e-36, 2.5, 40.0]).to(dtype)
+    exact, bound = bound_of(lambda t: F.silu(t.clone(), inplace=True), x, dtype=dtype)
+    assert ratio(F.silu(x.clone(), inplace=True), exact, bound) <= 1

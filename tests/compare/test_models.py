@@ -21,6 +21,14 @@ def test_converted_models_pass(name, dtype):
     assert sum(bool(r.ops) for r in report.rows[1:]) >= 5  # layers where fastconv's ops ran
 
 
+def test_timm_bn_act_squeeze_excite_model_passes():
+    """timm's BN-act layers (a fused conv calls the SiLU the BN held), squeeze-excitation gates,
+    SiLU underflowing in fp32."""
+    ref, cand, x = converted("timm:efficientnet_b0")
+    report = fastconv.compare(ref, cand, x)
+    assert report.passed, report.failure_summary()
+
+
 # (model, what breaks, the layer to be named, dtypes)
 BROKEN = [
     ("resnet50", "bias", ("layer1.0.conv1", "layer1.0.bn1"), "layer1.0.conv1", DTYPES),
