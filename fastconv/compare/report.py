@@ -80,7 +80,7 @@ class Report:
         m = self.meta
         return (f"fastconv.compare: {m.get('candidate')} vs {m.get('reference')}, {m.get('mode')}, "
                 f"{m.get('precision')} on {m.get('device')} (backend {m.get('backend')}), inputs "
-                f"{m.get('inputs')}; tolerance: {m.get('tolerance')}")
+                f"{', '.join(m.get('inputs', []))}; tolerance: {m.get('tolerance')}")
 
     def _verdict(self):
         failing = self.failing_row()
@@ -145,7 +145,7 @@ def _table(rows):
     cols = [("layer", 0), ("fused as", 0), ("out max|err|", 12), ("out rel", 8), ("own max|err|", 12),
             ("tol", 8), ("own/tol", 8), ("eager/tol", 9), ("", 4)]
     names = ["  " * (r.level or 0) + r.name for r in rows]
-    fused = [(r.fused_as or "-")[:40] for r in rows]
+    fused = [(r.fused_as or "-").split(" -> ")[0][:40] for r in rows]  # the pattern; the op: in JSON
     w0, w1 = max([len(n) for n in names] + [5]), max([len(f) for f in fused] + [8])
     header = f"{'layer':<{w0}}  {'fused as':<{w1}}  " + "  ".join(f"{c:>{w}}" for c, w in cols[2:])
     lines = [header, "-" * len(header)]
