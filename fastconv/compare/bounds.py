@@ -107,11 +107,11 @@ _EXACT_1_LIPSCHITZ = {aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten
                       aten.clamp_, aten.clamp_min, aten.clamp_min_, aten.clamp_max, aten.clamp_max_,
                       aten.neg, aten.abs}
 # The same op applied to the error tensor gives the bound (copies, views, gathers).
-_STRUCTURAL = {aten.view, aten._unsafe_view, aten.reshape, aten.t, aten.transpose, aten.permute,
+_STRUCTURAL = {aten.view, aten._unsafe_view, aten.t, aten.transpose, aten.permute,
                aten.expand, aten.squeeze, aten.unsqueeze, aten.flatten, aten.clone, aten.contiguous,
                aten.alias, aten.slice, aten.select, aten.cat, aten.stack, aten.split,
                aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow, aten.detach,
-               aten.lift_fresh, aten.index_select, aten._to_copy}
+               aten.lift_fresh, aten.index_select}
 _CREATION = {aten.empty, aten.zeros, aten.ones, aten.full, aten.arange, aten.scalar_tensor,
              aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full, aten.empty_like,
              aten.zeros_like, aten.ones_like, aten.full_like, aten.randn, aten.rand,
@@ -255,38 +255,47 @@ def _batch_norm(mode, args, kwargs, out):
     bound is u (a + |y|) for those roundings plus 5 ua a for up to five roundings in fp32."""
     x, weight, bias, mean, var, training, _, eps = args[:8]
     if training:
-        raise UnboundedOp("batch norm in training mode: layer bounds are for eval-mode models")
+        raise UnboundedOp("batch norm on batch statistics (a training-mode BN, or timm's weight "
+                          "standardization) in the reference: no error bound; pass rtol/atol instead")
     shape = (-1,) + (1,) * (x.dim() - 2)
-    s = torch.rsqrt(var + eps) * (weight if weight is not None else 1)
-    t = (bias if bias is not None else 0) - mean * s
-    a = s.view(shape).abs() * (mode.dot_magnitude(x) + mean.view(shape).abs()) + \
-        (bias.view(shape).abs() if bias is not None else 0)
-    y = out[0]
-    e_x = mode.error(x)
-    e = _sum(None if e_x is None else s.view(shape).abs() * e_x, mode.p.u * a + mode.p.rounding(y), 5 * mode.p.ua * a)
-    mode.set(y, e, s.view(shape).abs() * mode.dot_magnitude(x) + t.view(shape).abs())
+    s = (torch.rsqrt(var + eps) * (weight if weight is not None else 1)).view(shape)
+    beta = bias.view(shape) if bias is not None else 0
+    t = beta - mean.view(shape) * s
+    a = s.abs() * (mode.dot_magnitude(x) + mean.view(shape).abs()) + _abs(beta)
+    y, e_x = out[0], mode.error(x)
+    e = _sum(None if e_x is None else s.abs() * e_x, mode.p.u * a + mode.p.rounding(y), 5 * mode.p.ua * a)
+    mode.set(y, e, s.abs() * mode.dot_magnitude(x) + t.abs())
 
 
 def _add(mode, args, kwargs, out):
+    """a + alpha b, a - alpha b."""
     a, b = args[:2]
     alpha = abs(kwargs.get("alpha", args[2] if len(args) > 2 else 1))
     mode.set(out, _sum(mode.error(a), _scaled(alpha, mode.error(b)), mode.p.rounding(out)))
 
 
+def _rsub(mode, args, kwargs, out):
+    """b - alpha a."""
+    a, b = args[:2]
+    alpha = abs(kwargs.get("alpha", args[2] if len(args) > 2 else 1))
+    mode.set(out, _sum(_scaled(alpha, mode.error(a)), mode.error(b), mode.p.rounding(out)))
+
+
+def _abs(v):
+    return v.abs() if isinstance(v, torch.Tensor) else abs(v)
+
+
 def _mul(mode, args, kwargs, out):
     a, b = args[:2]
-    if not isinstance(a, torch.Tensor):
-        a, b = b, a
     ea, eb = mode.error(a), mode.error(b)
-    mode.set(out, _sum(None if ea is None else abs(b) * ea if not isinstance(b, torch.Tensor) else b.abs() * ea,
-                       None if eb is None else a.abs() * eb, mode.p.rounding(out)))
+    mode.set(out, _sum(None if ea is None else _abs(b) * ea, None if eb is None else _abs(a) * eb,
+                       mode.p.rounding(out)))
 
 
 def _div(mode, args, kwargs, out):
     a, b = args[:2]
     ea, eb = mode.error(a), mode.error(b)
-    babs = b.abs() if isinstance(b, torch.Tensor) else abs(b)
-    mode.set(out, _sum(None if ea is None else ea / babs, None if eb is None else (a / (b * b)).abs() * eb,
+    mode.set(out, _sum(None if ea is None else ea / _abs(b), None if eb is None else _abs(a / (b * b)) * eb,
                        mode.p.rounding(out)))
 
 
@@ -327,6 +336,13 @@ def _constant_pad(mode, args, kwargs, out):
     mode.set(out, None if e is None else aten.constant_pad_nd(e, args[1], 0.0))
 
 
+def _to_copy(mode, args, kwargs, out):
+    """A copy, maybe to another dtype: a cast below float64 inside the replay rounds."""
+    e = mode.error(args[0])
+    rounding = None if out.dtype == torch.float64 else torch.finfo(out.dtype).eps / 2 * out.abs()
+    mode.set(out, _sum(None if e is None else e.to(out.dtype), rounding))
+
+
 def _no_training_batch_norm(mode, args, kwargs, out):
     x, weight, bias, mean, var, momentum, eps = args[:7]
     _batch_norm(mode, (x, weight, bias, mean, var, False, momentum, eps), kwargs, out)
@@ -335,12 +351,12 @@ def _no_training_batch_norm(mode, args, kwargs, out):
 _RULES = {
     aten.convolution: _conv, aten.addmm: _addmm, aten.mm: _mm, aten.bmm: _mm,
     aten.native_batch_norm: _batch_norm, aten._native_batch_norm_legit_no_training: _no_training_batch_norm,
-    aten.add: _add, aten.add_: _add, aten.sub: _add, aten.sub_: _add, aten.rsub: _add,
+    aten.add: _add, aten.add_: _add, aten.sub: _add, aten.sub_: _add, aten.rsub: _rsub,
     aten.mul: _mul, aten.mul_: _mul, aten.div: _div, aten.div_: _div,
     aten.max_pool2d_with_indices: _max_pool, aten.max_pool2d: _max_pool,
     aten.avg_pool2d: _reduction(_pool_window, aten.avg_pool2d),
     aten._adaptive_avg_pool2d: _reduction(_adaptive_window, aten._adaptive_avg_pool2d),
     aten.mean: _reduction(_reduced, aten.mean),
     aten.sum: _reduction(_reduced, aten.sum),
-    aten.constant_pad_nd: _constant_pad,
+    aten.constant_pad_nd: _constant_pad, aten._to_copy: _to_copy,
 }

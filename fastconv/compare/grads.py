@@ -3,12 +3,12 @@ float64 copy of the reference (fastconv.compare(..., train=True)).
 
 The models themselves run (a float64 copy of the reference beside them); their buffers (BN
 statistics), gradients and modes are restored after. Dropout layers stay in eval mode (a
-random mask cannot be reproduced across dtypes); everything else trains (BN on batch statistics). The same random upstream gradient, in the
-models' dtype, is fed to every output. A value passes when its RMS error against float64 is
-at most `multiplier` times the reference's own (2, or 3 for fp16/bf16: TorchDynamo's accuracy
-rule, torch._dynamo.utils.same) plus sqrt(n) u RMS(exact), the typical rounding error of an
-n-term sum (Higham and Mary, SIAM J. Sci. Comput. 2019), n being the input's N*H*W: the
-longest sum a CNN's gradient takes.
+random mask cannot be reproduced across dtypes); everything else trains (BN on batch
+statistics). The same random upstream gradient, in the models' dtype, is fed to every
+output. A value passes when its RMS error against float64 is at most `multiplier` times the
+reference's own (2, or 3 for fp16/bf16: TorchDynamo's accuracy rule, torch._dynamo.utils.same)
+plus sqrt(n) u RMS(exact), the typical rounding error of an n-term sum (Higham and Mary,
+SIAM J. Sci. Comput. 2019), n being the input's N*H*W: the longest sum a CNN's gradient takes.
 """
 import contextlib
 import copy

@@ -85,7 +85,7 @@ def record_calls(model, inputs):
                                                           with_kwargs=True))
             hooks.append(module.register_forward_hook(functools.partial(rec._leave, path),
                                                       with_kwargs=True))
-        rec.inputs = [rec.ref(t) for t in inputs]
+        rec.inputs = [rec.ref(t) for t in inputs if isinstance(t, torch.Tensor)]
         with torch.no_grad():
             out = model(*inputs)
         rec.outputs = rec._leaves(out)[1]

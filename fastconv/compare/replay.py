@@ -97,13 +97,16 @@ class _Replay:
                 hooks.append(module.register_forward_hook(functools.partial(self.leave, path),
                                                           with_kwargs=True))
                 if path in skipped_paths:
+                    patched.append((module, module.__dict__.get("forward")))
                     module.forward = functools.partial(self.forward, path, module.forward)
-                    patched.append(module)
             with torch.no_grad(), self.mode:
                 ref64(*inputs64)
         finally:
             for h in hooks:
                 h.remove()
-            for module in patched:
-                del module.forward
+            for module, own in patched:  # an instance's own forward (patched by its user) stays
+                if own is None:
+                    del module.forward
+                else:
+                    module.forward = own
         return self.result

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+
 def error_stats(err, ref):
     """max/mean/p50/p99 of |err|, the same of |err| / |ref| (where ref != 0), and the
     norm-wise ||err|| / ||ref||, as floats (err, ref: float64 tensors)."""

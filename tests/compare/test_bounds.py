@@ -88,7 +88,8 @@ def test_batch_norm_eager_and_folded_within_bound(dtype):
     assert ratio(folded, exact, bound) <= 1
     if dtype == torch.float32:  # the same fold computed in bf16 is far outside an fp32 bound
         bf = torch.rsqrt(var.bfloat16() + 1e-5) * gamma_.bfloat16()
-        bad = F.conv2d(x, (w.bfloat16() * bf.view(-1, 1, 1, 1)).float(), (beta.bfloat16() - mean.bfloat16() * bf).float())
+        bad = F.conv2d(x, (w.bfloat16() * bf.view(-1, 1, 1, 1)).float(),
+                       (beta.bfloat16() - mean.bfloat16() * bf).float())
         assert ratio(bad, exact, bound) > 10
 
 
