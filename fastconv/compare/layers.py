@@ -1,6 +1,7 @@
 """Checking one boundary: the candidate's layer run on the reference's inputs to it, its
 errors against the exact values and the reference's, its tolerance, and what it ran."""
 import collections
+import dataclasses
 import functools
 import json
 
@@ -135,6 +136,8 @@ def kernels(calls):
             info = explain(name, *args, **kwargs)
         except (TypeError, ValueError):
             info = {"op": name, "why": "fastconv.explain does not cover this op"}
+        if dataclasses.is_dataclass(info):  # fastconv.explain's Explanation
+            info = dataclasses.asdict(info)
         key = json.dumps(info, sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastconv
+from tests.conftest import gpu
 from tests.compare.helpers import (accumulate_in_bf16, converted, fold_in_bf16, perturb_folded_bias, rebuilt,
                                    shift_pool_window, write_to_wrong_slice)
 
@@ -104,3 +105,20 @@ def test_limits_of_the_worst_case_bound():
     ref, cand, x = converted("resnet50", torch.bfloat16)
     fold_in_bf16(ref, cand, "layer1.0.conv1", "layer1.0.bn1")
     assert fastconv.compare(ref, cand, x).passed
+
+
+@gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype, tf32", [(torch.float32, False), (torch.float32, True), (torch.float16, False),
+                                         (torch.bfloat16, False)])
+def test_converted_resnet50_on_a_gpu(backend, dtype, tf32):
+    """The GPU kernels within the derived bounds, TF32 convolutions judged as TF32."""
+    ref, cand, x = converted("resnet50", dtype)
+    ref, cand, x = ref.cuda(), cand.cuda(), x.cuda()
+    torch.backends.cudnn.allow_tf32 = tf32  # the conftest fixture turns it off after each test
+    with fastconv.use_backend(backend):
+        report = fastconv.compare(ref, cand, x)
+    assert report.passed, report.failure_summary()
+    assert report.meta["precision"] == ("tf32" if tf32 else {torch.float32: "fp32", torch.float16: "fp16",
+                                                              torch.bfloat16: "bf16"}[dtype])
+    assert any(r.ops for r in report.rows[1:])
