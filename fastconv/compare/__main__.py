@@ -37,14 +37,15 @@ def _shape(text):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m fastconv.compare", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m fastconv.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=_model_spec, help="torchvision:NAME or timm:NAME (random weights)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                    help="tf32: fp32 with TF32 convolutions (CUDA only); default fp32")
     p.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto",
                    help="fastconv backend of the converted model (default auto)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default cuda where there is one")
     p.add_argument("--input", type=_shape, default=(1, 3, 224, 224), metavar="NxCxHxW",
                    help="input shape (default 1x3x224x224)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, statistics and input")

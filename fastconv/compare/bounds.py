@@ -28,7 +28,9 @@ Numerical Algorithms*, 2nd ed., ch. 3):
 
 Every term is an upper bound for any evaluation order and any fusion of the same ops in that
 precision (a fused kernel rounds less often than eager PyTorch, never more), so a correct
-layer never exceeds its bound, however unlucky; second-order terms (u^2) are dropped.
+layer never exceeds its bound, however unlucky; second-order terms (u^2) are dropped. A
+convolution is assumed to be a sum of products (direct, im2col or implicit GEMM): Winograd
+and FFT algorithms transform their operands and are outside these bounds.
 """
 import functools
 import math
