@@ -6,6 +6,7 @@ from fastconv.ops import conv1x1_relu_split, conv1x1_relu_split_into, pool_conv1
 from fastconv import nn, reference  # noqa: E402  (modules over the ops; float64 references)
 from fastconv.convert import convert  # noqa: E402
 from fastconv._tuning.explain import explain  # noqa: E402  (what runs for a call, and why)
+from fastconv.compare import compare  # noqa: E402  (layer-by-layer equivalence of two models)
 
 __version__ = "0.1.0"
 __all__ = ["conv1x1_relu", "residual_add", "max_pool2d_same", "avg_pool2d_same",

@@ -1,0 +1,164 @@
+"""Checking one boundary: the candidate's layer run on the reference's inputs to it, its
+errors against the exact values and the reference's, its tolerance, and what it ran."""
+import collections
+import dataclasses
+import functools
+import json
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from fastconv.compare.report import Row, error_stats
+
+
+def check_boundary(candidate, ref_rec, cand_rec, found, i, counterpart, exact, tolerance, report_names):
+    """(Row, where in the reference's forward it first fails or None, the fastconv op calls of
+    the candidate's layer) of boundary found[i]; exact: replay.exact_and_bounds's result,
+    tolerance(exact value, bound) -> tolerance tensor."""
+    b = found[i]
+    local, calls = _run_local(candidate, ref_rec, cand_rec, found, b, counterpart)
+    ops = [name for name, _, _ in calls]
+    checks = []  # (output, own error, tolerance, exact value)
+    total_err, total_ref, eager_ratios = [], [], []
+    for o in b.outputs:
+        value, bound = exact[(i, o.position)]
+        ref_value = ref_rec.values[o.ref].double()
+        tol = tolerance(value, torch.zeros_like(value) if bound is None else bound).expand_as(value).flatten()
+        if isinstance(o.position, int) or not total_err:  # its outputs, if it has any
+            total_err.append((cand_rec.values[o.cand].double() - ref_value).flatten())
+            total_ref.append(ref_value.flatten())
+        eager_ratios.append(_worst_ratio((ref_value - value).abs().flatten(), tol)[0])
+        if local is not None:
+            checks.append((o, (local[o.position].double() - value).abs().flatten(), tol, value.flatten()))
+    fields = dict(name=b.name, kind="layer", span=b.span(), level=b.level, ops=sorted(set(ops)),
+                  fused_as=_fused_as(b, report_names, ops), eager_ratio=max(eager_ratios),
+                  total=error_stats(torch.cat(total_err), torch.cat(total_ref)))
+    if local is None:
+        return Row(**fields, passed=None, note="an input of this layer has no counterpart in the reference"), None, []
+    worst = [_worst_ratio(err, tol) for _, err, tol, _ in checks]
+    k = max(range(len(checks)), key=lambda n: worst[n][0])
+    ratio, at = worst[k]
+    failing = [o.seq() for (o, *_), (r, _) in zip(checks, worst) if r > 1]
+    row = Row(**fields, own=error_stats(torch.cat([c[1] for c in checks]), torch.cat([c[3] for c in checks])),
+              ratio=ratio, tolerance=checks[k][2][at].item(), passed=ratio <= 1,
+              worst_at="output" if isinstance(checks[k][0].position, int) else checks[k][0].position)
+    return row, min(failing, default=None), calls
+
+
+def _worst_ratio(err, tol):
+    """(max of err / tol, index of that element); NaN counts as infinite."""
+    ratio = torch.where(err == 0, torch.zeros_like(err), err / tol)
+    ratio = torch.nan_to_num(ratio, nan=float("inf"), posinf=float("inf"))
+    at = int(ratio.argmax()) if ratio.numel() else 0
+    return (ratio[at].item() if ratio.numel() else 0.0), at
+
+
+class _FastconvOps(TorchDispatchMode):
+    """Records the fastconv custom ops a call runs (with a mode active, fastconv ops go
+    through their torch.library op instead of their direct eager path: the same work)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "fastconv":
+            self.calls.append((func.overloadpacket.__name__, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def _run_local(candidate, ref_rec, cand_rec, found, b, counterpart):
+    """The candidate's layer run on the reference's inputs to it: ({position: value}, the
+    fastconv op calls it made), or (None, []) if an input has no counterpart. Boundaries
+    nested in it give the reference's values, as in the replay (fastconv.compare.replay),
+    and the inputs its own code passes them are read."""
+    if any(k not in counterpart for k in b.cand.inputs()):
+        return None, []
+    module = candidate.get_submodule(b.cand.path)
+    args, kwargs = cand_rec.rebuild(b.cand, lambda k: ref_rec.values[counterpart[k]].clone())
+    inner = {(x.cand.path, x.cand.index): x for x in found if x.cand.inside(b.cand)}
+    by_ref = {id(x.ref): x for x in found}
+    reads = collections.defaultdict(list)  # (path, index) of a nested call -> [(input, position)]
+    for o in b.outputs:
+        if not isinstance(o.position, int):
+            child = by_ref[id(o.where[1])]
+            reads[(child.cand.path, child.cand.index)].append((o.where[2], o.position))
+    first = {}  # path -> index of its first call inside this one
+    for c in cand_rec.calls:
+        if c.inside(b.cand):
+            first.setdefault(c.path, c.index)
+    counts, running, values = collections.Counter(), collections.defaultdict(list), {}
+
+    def enter(path, m, args, kwargs):
+        index = first.get(path, 0) + counts[path]
+        counts[path] += 1
+        running[path].append(index)
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        for j, position in reads.get((path, index), ()):
+            values[position] = tensors[j].clone()
+
+    def leave(path, m, args, kwargs, output):
+        nested = inner.get((path, running[path].pop()))
+        if nested is None:
+            return None
+        leaves, spec = tree_flatten(output)
+        tensors = [n for n, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
+        for o in nested.outputs:
+            if isinstance(o.position, int):
+                leaves[tensors[o.position]] = ref_rec.values[o.ref].clone()
+        return tree_unflatten(leaves, spec)
+
+    hooks, watched = [], {path for path, _ in inner}
+    try:  # by path in the whole model: a fused layer may call a module registered elsewhere
+        for path, m in candidate.named_modules():
+            if path in watched:
+                hooks.append(m.register_forward_pre_hook(functools.partial(enter, path), with_kwargs=True))
+                hooks.append(m.register_forward_hook(functools.partial(leave, path), with_kwargs=True))
+        with torch.no_grad(), _FastconvOps() as ops:
+            out = module(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    values.update({o.position: outs[o.position] for o in b.outputs if isinstance(o.position, int)})
+    return values, ops.calls
+
+
+def kernels(calls):
+    """What the failing layer ran: per distinct fastconv op call, fastconv.explain's answer
+    (op, backend, why, shape class, Triton config), or the op's name where explain has none."""
+    from fastconv import explain
+
+    seen, kernels = set(), []
+    for name, args, kwargs in calls:
+        try:
+            info = explain(name, *args, **kwargs)
+        except (TypeError, ValueError):
+            info = {"op": name, "why": "fastconv.explain does not cover this op"}
+        if dataclasses.is_dataclass(info):  # fastconv.explain's Explanation
+            info = dataclasses.asdict(info)
+        key = json.dumps(info, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            kernels.append(json.loads(key))
+    return kernels
+
+
+def _fused_as(b, report_names, ops):
+    if b.ref.path in report_names:
+        return report_names[b.ref.path]
+    if ops:
+        return "fastconv " + ", ".join(sorted(set(ops)))
+    return "-"
+
+
+def convert_report(model):
+    """{path: "pattern -> op"} from fastconv.convert's report (the last entry of a path wins:
+    a conv whose add went into its epilogue is listed twice)."""
+    report = getattr(model, "fastconv_report", None)
+    names = {}
+    for name, pattern, op in getattr(report, "replaced", ()):
+        for path in name.split(", "):
+            names[path] = f"{pattern} -> {op}"
+    return names

@@ -1,0 +1,95 @@
+"""Recording a model's forward: which modules ran, in what order and nesting, and on which
+tensors (by identity), with a copy of every tensor's value as it was at that moment."""
+import collections
+import functools
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+
+class Ref(collections.namedtuple("Ref", "id version")):
+    """A tensor as one module call saw it: its identity and its version (an in-place op, such
+    as ReLU(inplace=True), makes the same tensor a new value)."""
+
+
+class Call:
+    """One call of the module at `path` (its `index`-th): start/end in the recording's
+    sequence, the call it ran in (parent), and its arguments and outputs as pytree leaves,
+    tensors replaced by Refs."""
+
+    __slots__ = ("path", "index", "start", "end", "parent", "spec", "leaves", "outputs", "out_spec")
+
+    def __init__(self, path, index, start, parent, spec, leaves):
+        self.path, self.index, self.start, self.parent = path, index, start, parent
+        self.spec, self.leaves = spec, leaves
+        self.end, self.outputs, self.out_spec = None, [], None
+
+    def inputs(self):
+        """The tensor arguments, in order (positional, then keyword)."""
+        return [leaf for leaf in self.leaves if isinstance(leaf, Ref)]
+
+    def inside(self, other):
+        return other.start < self.start and self.end < other.end
+
+    def __repr__(self):
+        return f"Call({self.path!r}#{self.index})"
+
+
+class Recording:
+    """The module calls of one forward, in start order, and the tensors they saw."""
+
+    def __init__(self):
+        self.calls, self.values = [], {}
+        self.inputs, self.outputs = [], []
+        self._alive = []  # every tensor seen stays alive, so that no id is reused
+        self._stack, self._counts, self._seq = [], collections.Counter(), 0
+
+    def ref(self, t):
+        key = Ref(id(t), t._version)
+        if key not in self.values:
+            self.values[key] = t.detach().clone()
+            self._alive.append(t)
+        return key
+
+    def _leaves(self, tree):
+        leaves, spec = tree_flatten(tree)
+        return spec, [self.ref(t) if isinstance(t, torch.Tensor) else t for t in leaves]
+
+    def _enter(self, path, module, args, kwargs):
+        spec, leaves = self._leaves((args, kwargs))
+        call = Call(path, self._counts[path], self._seq, self._stack[-1] if self._stack else None, spec, leaves)
+        self._counts[path] += 1
+        self._seq += 1
+        self._stack.append(call)
+        self.calls.append(call)
+
+    def _leave(self, path, module, args, kwargs, output):
+        call = self._stack.pop()
+        call.end = self._seq
+        self._seq += 1
+        call.out_spec, call.outputs = self._leaves(output)
+
+    def rebuild(self, call, tensor_of):
+        """(args, kwargs) of `call` with each tensor leaf replaced by tensor_of(ref)."""
+        leaves = [tensor_of(leaf) if isinstance(leaf, Ref) else leaf for leaf in call.leaves]
+        return tree_unflatten(leaves, call.spec)
+
+
+def record_calls(model, inputs):
+    """Run model(*inputs) under no_grad with every named module hooked; the Recording."""
+    rec = Recording()
+    hooks = []
+    try:
+        for path, module in model.named_modules():
+            hooks.append(module.register_forward_pre_hook(functools.partial(rec._enter, path),
+                                                          with_kwargs=True))
+            hooks.append(module.register_forward_hook(functools.partial(rec._leave, path),
+                                                      with_kwargs=True))
+        rec.inputs = [rec.ref(t) for t in inputs if isinstance(t, torch.Tensor)]
+        with torch.no_grad():
+            out = model(*inputs)
+        rec.outputs = rec._leaves(out)[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    return rec
