@@ -24,6 +24,24 @@ def check_same(t, ref, name, ref_name):
         raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
 
 
+def check_conv1x1(x, weight, bias):
+    """x [N, Cin, H, W], weight [Cout, Cin] or [Cout, Cin, 1, 1], bias [Cout] or None: the
+    arguments every 1x1 conv op takes, each error naming the argument."""
+    check_tensor(x, "x", ndim=4)
+    check_tensor(weight, "weight", ndim=(2, 4))
+    check_same(weight, x, "weight", "x")
+    if weight.dim() == 4 and tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError(f"weight must be a 1x1 kernel [Cout, Cin, 1, 1], got {tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} input channels but x has {x.shape[1]} "
+                         f"(weight {tuple(weight.shape)}, x {tuple(x.shape)})")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same(bias, x, "bias", "x")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have {weight.shape[0]} elements (Cout), got {bias.shape[0]}")
+
+
 def pair(v, name):
     """An int or a pair of ints, each >= 1, as a list of two ints."""
     if type(v) is int and v > 0:  # the common case first: asked on every pool call

@@ -40,19 +40,7 @@ def _well_formed(x, weight, bias, stride, residual):
 
 def _explain(x, weight, bias, stride, residual):
     """Raise the error that names the bad argument."""
-    _checks.check_tensor(x, "x", ndim=4)
-    _checks.check_tensor(weight, "weight", ndim=(2, 4))
-    _checks.check_same(weight, x, "weight", "x")
-    if weight.dim() == 4 and tuple(weight.shape[2:]) != (1, 1):
-        raise ValueError(f"weight must be a 1x1 kernel [Cout, Cin, 1, 1], got {tuple(weight.shape)}")
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"weight has {weight.shape[1]} input channels but x has {x.shape[1]} "
-                         f"(weight {tuple(weight.shape)}, x {tuple(x.shape)})")
-    if bias is not None:
-        _checks.check_tensor(bias, "bias", ndim=1)
-        _checks.check_same(bias, x, "bias", "x")
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias must have {weight.shape[0]} elements (Cout), got {bias.shape[0]}")
+    _checks.check_conv1x1(x, weight, bias)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     if residual is not None:

@@ -31,18 +31,7 @@ _POOL = ([3, 3], [1, 1])  # the fused pool: 3x3, stride 1, SAME (pads one cell e
 
 
 def _check(x, weight, bias, sizes):
-    _checks.check_tensor(x, "x", ndim=4)
-    _checks.check_tensor(weight, "weight", ndim=(2, 4))
-    _checks.check_same(weight, x, "weight", "x")
-    if weight.dim() == 4 and tuple(weight.shape[2:]) != (1, 1):
-        raise ValueError(f"weight must be a 1x1 kernel [Cout, Cin, 1, 1], got {tuple(weight.shape)}")
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"weight has {weight.shape[1]} input channels but x has {x.shape[1]}")
-    if bias is not None:
-        _checks.check_tensor(bias, "bias", ndim=1)
-        _checks.check_same(bias, x, "bias", "x")
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias must have {weight.shape[0]} elements (Cout), got {bias.shape[0]}")
+    _checks.check_conv1x1(x, weight, bias)
     ints = all(isinstance(c, (int, torch.SymInt)) and not isinstance(c, bool) for c in sizes)
     if not 1 <= len(sizes) <= MAX_OUTPUTS or not ints or any(c <= 0 for c in sizes):
         raise ValueError(f"sizes must be 1 to {MAX_OUTPUTS} positive ints, got {sizes!r}")
