@@ -18,7 +18,7 @@ from torch import nn
 
 import fastconv
 from fastconv import reference
-from fastconv.convert import Conv1x1BNAct, _FusedSequential
+from fastconv.convert.modules import Conv1x1BNAct, FusedSequential
 
 
 def _tv(name, **kwargs):
@@ -80,7 +80,7 @@ def _fused_convs(model):
     for name, m in model.named_modules():
         if isinstance(m, Conv1x1BNAct):
             fused.add(name)
-        elif isinstance(m, _FusedSequential):
+        elif isinstance(m, FusedSequential):
             fused.update(f"{name}.{i}" if name else str(i) for i in m.__dict__["runs"])
     return fused
 
