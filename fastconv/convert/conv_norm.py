@@ -70,7 +70,7 @@ def unfolded_norm_reason(node, modules):
     if not isinstance(source, fx.Node):
         return "norm: no conv to fold it into"
     if cat_parts(source) is not None:
-        return "norm of a concatenation of convs (MixNet's split convs): not folded into them"
+        return "norm of a torch.cat: no one conv to fold it into"  # MixNet's split convs, DenseNet
     if isinstance(module_of(source, modules), nn.Conv2d):
         return "norm after a conv left as it is (see the conv)"
     if source.op == "call_module":

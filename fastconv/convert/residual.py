@@ -78,6 +78,5 @@ def _no_relu_reason(a, b, modules):
     """Why an add without a ReLU after it stays (no fused 1x1 conv + norm makes an operand)."""
     for operand in (a, b):
         if is_norm(module_of(operand, modules)) and operand.args and cat_parts(operand.args[0]) is not None:
-            return ("add without ReLU after a norm of concatenated convs (MixNet's split convs): "
-                    "no one conv's epilogue takes it")
+            return "add without ReLU after a norm of a torch.cat: no one conv's epilogue takes it"  # MixNet
     return "add without ReLU after it"

@@ -132,3 +132,27 @@ def test_zero_padded_max_pool_by_position():
         ("1", "max pool on zero padding: a padded zero can win the max, SAME's -inf cannot")]
     assert type(converted[1]) is nn.MaxPool2d
     assert_same_function(model, converted, x)
+
+
+class MixedConvBlock(nn.Module):
+    """MixNet's block end (timm's MixedConv2d): the channels split over 1x1 convs,
+    concatenated, one BN over the concatenation, then the residual add (no ReLU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.bn = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        xa, xb = torch.split(x, [4, 4], 1)
+        return self.bn(torch.cat([self.a(xa), self.b(xb)], 1)) + x
+
+
+def test_mixnet_concat_norm_and_its_add_are_named():
+    model = realistic(MixedConvBlock(), x := torch.randn(2, 8, 5, 5))
+    converted = fastconv.convert(model)
+    report = converted.fastconv_report
+    assert [(n, p) for n, p, _ in report.replaced] == [("a", "1x1 conv"), ("b", "1x1 conv")]
+    assert dict(report.skipped) == {
+        "(model)": "add without ReLU after a norm of a torch.cat: no one conv's epilogue takes it",
+        "bn": "norm of a torch.cat: no one conv to fold it into"}
+    assert_same_function(model, converted, x)
