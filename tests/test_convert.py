@@ -2,6 +2,7 @@
 Every model has calibrated BatchNorm (tests/convert/helpers.py `realistic`): its output
 depends on its input, so an equivalence check can fail."""
 import collections
+import copy
 import io
 
 import pytest
@@ -31,14 +32,18 @@ TORCHVISION = {
 }
 
 
-def _check_equal(original, converted, x, backend, tol=1e-4):
+def _check_equal(original, converted, x, backend, tol=1e-5):
+    """The converted model's error against the original in float64 is at most 3x the fp32
+    eager model's own, plus tol. (Calibrated deep models amplify fp32 rounding: eager alone
+    is up to 1e-4 from float64 at batch 1, 5x apart between inputs, so a fixed bound on
+    converted - eager would pass or fail by the draw.)"""
     original.eval(), converted.eval()
     with torch.no_grad():
-        ref = original(x)
+        ref64 = copy.deepcopy(original).double()(x.double())
+        eager_err = reference.rel_error(original(x), ref64)
         with fastconv.use_backend(backend):
-            out = converted(x)
-    err = reference.rel_error(out, ref)
-    assert err < tol, f"relative error {err:.2e}"
+            err = reference.rel_error(converted(x), ref64)
+    assert err <= 3 * eager_err + tol, f"relative error {err:.2e} (eager's own {eager_err:.2e})"
 
 
 def _batch_norms(model):
@@ -94,13 +99,15 @@ def test_eval_forward_dispatches_no_batch_norm_and_no_cat(build, size):
     assert sum("BN" in r.pattern for r in converted.fastconv_report.replaced) == _batch_norms(original)
     with torch.no_grad(), fastconv.use_backend("torch"):
         with DispatchedOps() as eager:
-            ref = original(x)
+            original(x)
         converted(x)  # the first forward folds (cached from then on)
         with DispatchedOps() as ops:
-            out = converted(x)
+            converted(x)
     assert eager.count("batch_norm") > 0 and ops.count("batch_norm") == 0, ops.ops
     assert ops.ops["aten.cat"] == 0, ops.ops
-    assert reference.rel_error(out, ref) < 1e-4
+    _check_equal(original, converted, x, "torch")
+    with torch.no_grad():  # the same function: in float64 the two agree to rounding
+        assert reference.rel_error(converted.double()(x.double()), original.double()(x.double())) < 1e-10
 
 
 @pytest.mark.parametrize("name", ["resnet50", "googlenet", "lenet5"])
@@ -185,8 +192,7 @@ def test_converted_model_state_dict_twice_compile_and_dtype():
     assert next(double.parameters()).dtype == torch.float64
     torch._dynamo.reset()
     compiled = torch.compile(converted, fullgraph=True, backend="aot_eager")
-    with torch.no_grad():
-        assert reference.rel_error(compiled(x), original.float()(x)) < 1e-4
+    _check_equal(original.float(), compiled, x, "torch")
 
 
 @gpu
@@ -195,7 +201,7 @@ def test_converted_resnet50_on_gpu_backends(backend):
     x = torch.randn(8, 3, 224, 224, device="cuda")
     original = realistic(tvm.resnet50().cuda(), x)
     converted = fastconv.convert(original, example_input=x)
-    _check_equal(original, converted, x, backend, tol=1e-3)  # IEEE fp32 both sides, 50 layers deep
+    _check_equal(original, converted, x, backend)
 
 
 def test_untraceable_sequential_falls_back_by_position():

@@ -71,19 +71,20 @@ def test_patterns_found_by_structure(backend):
 
 
 class Nested(nn.Module):
-    """An InceptionE-like block: a concatenation of two convs inside the block's one, and a
-    branch (a max pool of x) whose channel count only a conv reading x tells."""
+    """An InceptionE-like block: a concatenation of two convs inside the block's one, a
+    branch (a max pool of x) whose channel count only a conv reading x tells, and a 3x3 conv
+    without BN whose ReLU writes its slice."""
 
     def __init__(self, c=6):
         super().__init__()
-        self.c0, self.c1 = nn.Conv2d(c, 4, 1), nn.Conv2d(c, 5, 1)
+        self.c0, self.c1, self.plain = nn.Conv2d(c, 4, 1), nn.Conv2d(c, 5, 1), nn.Conv2d(c, 3, 3, padding=1)
         self.a, self.b = nn.Conv2d(5, 3, (1, 3), padding=(0, 1)), nn.Conv2d(5, 2, (3, 1), padding=(1, 0))
         self.bn0, self.bn1, self.bna, self.bnb = (nn.BatchNorm2d(n) for n in (4, 5, 3, 2))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.c1(x)))
         inner = torch.cat([F.relu(self.bna(self.a(y))), F.relu(self.bnb(self.b(y)))], 1)
-        return torch.cat([F.relu(self.bn0(self.c0(x))), inner, F.max_pool2d(x, 3, 1, 1)], 1)
+        return torch.cat([F.relu(self.bn0(self.c0(x))), inner, F.max_pool2d(x, 3, 1, 1), F.relu(self.plain(x))], 1)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -92,7 +93,7 @@ def test_nested_concatenation_writes_into_the_enclosing_buffer(backend):
     model = realistic(Nested().to(DEVICE), x)
     converted = fastconv.convert(model, example_input=x)
     assert [e.op for e in converted.fastconv_report.replaced if e.pattern.startswith("torch.cat")] == [
-        "one buffer: 2 write their slices, 0 copied", "one buffer: 2 write their slices, 1 copied"]
+        "one buffer: 2 write their slices, 0 copied", "one buffer: 3 write their slices, 1 copied"]
     out, dispatched = _forward(converted, x, backend)
     assert dispatched.ops["aten.cat"] == 0 and dispatched.count("batch_norm") == 0
     assert reference.rel_error(out, copy.deepcopy(model).double()(x.double())) < 1e-5

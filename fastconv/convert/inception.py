@@ -8,9 +8,10 @@ FusedMaxPool2d:
   - a 3x3 stride-1 max pool with padding 1 whose only reader is a 1x1 conv [+ BN] + ReLU
     (stride 1) -> pool_conv1x1_relu (the pool inside the GEMM's operand load);
   - a torch.cat on the channel axis one of whose branches ends in one of those GEMMs, a 1x1
-    conv + ReLU or a conv + ReLU -> one buffer allocated before the branches run
-    (ConcatBuffer): those branches write their slices of it (conv1x1_relu_split_into; a
-    conv's ReLU is its one copy), the other branches are copied in once (ConcatInto), a
+    conv + ReLU or a ReLU (after a conv + BN, or anything read by the ReLU alone) -> one
+    buffer allocated before the branches run (ConcatBuffer): those branches write their
+    slices of it (conv1x1_relu_split_into; a ReLU is its branch's one copy), the other
+    branches are copied in once (ConcatInto), a
     nested concatenation writes into its slice of the enclosing buffer. As in
     fastconv.models.googlenet, without autograd only (no_grad, inference_mode): otherwise
     the branches run as written and torch.cat joins them.
@@ -26,14 +27,14 @@ from torch import fx, nn
 
 from fastconv.convert.layers import pair
 from fastconv.convert.modules import (ConcatBuffer, ConcatInto, Conv1x1BNAct, ConvBN, PaddedMaxPool,
-                                      PoolConv1x1ReLU, SamePool, SiblingConv1x1ReLU)
-from fastconv.convert.tracing import add_submodule, cat_parts, join, module_of, module_path
+                                      PoolConv1x1ReLU, ReLUInto, SamePool, SiblingConv1x1ReLU)
+from fastconv.convert.tracing import add_submodule, cat_parts, is_relu, join, module_of, module_path
 from fastconv.ops.inception import MAX_OUTPUTS
 
 # Layers whose output has their input's channels (for the channel count of a branch).
 _SAME_CHANNELS = (nn.modules.batchnorm._NormBase, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
                   nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Sigmoid, nn.Identity, SamePool,
-                  PaddedMaxPool)
+                  PaddedMaxPool, ReLUInto)
 _SAME_CHANNELS_FUNCTIONS = {F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d}
 
 
@@ -126,42 +127,63 @@ def _fuse_cats(gm, path, report):
         channels = [_channels(p, modules) for p in parts]
         if None in channels:
             continue
-        offsets = [sum(channels[:i]) for i in range(len(parts))]
-        writers = {}  # the node to give `into`: [(part index, offset), ...]
+        writers = {}  # the node to give `into`: [(part index, offset in the buffer), ...]
         for i, part in enumerate(parts):
-            node = _writer(part, cat, parts, modules, buffers, bound)
+            node = _writer(part, parts, modules, buffers, bound)
             if node is not None:
-                writers.setdefault(node, []).append((i, offsets[i]))
+                writers.setdefault(node, []).append((i, sum(channels[:i])))
         if not writers:
             continue
-        order = {n: k for k, n in enumerate(gm.graph.nodes)}
-        first = min(writers, key=order.__getitem__)
-        buffer_target, into_target = f"fastconv_concat_buffer_{cat.name}", f"fastconv_concat_{cat.name}"
-        add_submodule(gm, buffer_target, ConcatBuffer(sum(channels), gm.get_submodule(first.target)))
-        with gm.graph.inserting_before(first):
-            buf = gm.graph.call_module(buffer_target, (first.args[0],))
-        for node, slots in writers.items():
-            if type(gm.get_submodule(node.target)) is SiblingConv1x1ReLU:
-                index = {parts[i].args[1]: lo for i, lo in slots}  # output k of the GEMM -> offset
-                into = (buf, tuple(index.get(k) for k in range(len(gm.get_submodule(node.target).convs))))
-                bound.add(node)
-            else:
-                ((_, into_offset),) = slots
-                into = (buf, into_offset)
-            node.kwargs = {**node.kwargs, "into": into}
-        add_submodule(gm, into_target, ConcatInto())
-        with gm.graph.inserting_before(cat):
-            joined = gm.graph.call_module(into_target, (buf, list(parts)))
-        cat.replace_all_uses_with(joined)
-        gm.graph.erase_node(cat)
-        buffers[joined] = buf
-        modules.update({t: gm.get_submodule(t) for t in (buffer_target, into_target)})  # (for enclosing cats)
+        site = report.site(module_path(cat, path))
+        joined, buf = _write_into_one_buffer(gm, cat, sum(channels), writers, bound, modules)
+        buffers[joined] = buf  # an enclosing cat can give it a slice of its own buffer
+        modules.update((n.target, gm.get_submodule(n.target)) for n in (joined, buf))
         written = sum(len(s) for s in writers.values())
-        report.replace(report.site(module_path(cat, path)), f"torch.cat of {len(parts)} branches",
+        report.replace(site, f"torch.cat of {len(parts)} branches",
                        f"one buffer: {written} write their slices, {len(parts) - written} copied")
 
 
-def _writer(part, cat, parts, modules, buffers, bound):
+def _write_into_one_buffer(gm, cat, channels, writers, bound, modules):
+    """Rewrite the cat: a ConcatBuffer node before its first writer, `into` given to each
+    writer, a ConcatInto node in the cat's place. Returns (ConcatInto node, buffer node)."""
+    writers = {(_relu_into(gm, n) if is_relu(n, modules) else n): slots for n, slots in writers.items()}
+    parts = cat_parts(cat)  # (a ReLU made a ReLUInto is a new node)
+    order = {n: k for k, n in enumerate(gm.graph.nodes)}
+    first = min(writers, key=order.__getitem__)
+    buffer_target, into_target = f"fastconv_concat_buffer_{cat.name}", f"fastconv_concat_{cat.name}"
+    add_submodule(gm, buffer_target, ConcatBuffer(channels, gm.get_submodule(first.target)))
+    with gm.graph.inserting_before(first):
+        buf = gm.graph.call_module(buffer_target, (first.args[0],))
+    for node, slots in writers.items():
+        gemm = gm.get_submodule(node.target)
+        if type(gemm) is SiblingConv1x1ReLU:
+            index = {parts[i].args[1]: lo for i, lo in slots}  # output k of the GEMM -> offset
+            into = (buf, tuple(index.get(k) for k in range(len(gemm.convs))))
+            bound.add(node)
+        else:
+            ((_, lo),) = slots
+            into = (buf, lo)
+        node.kwargs = {**node.kwargs, "into": into}
+    add_submodule(gm, into_target, ConcatInto())
+    with gm.graph.inserting_before(cat):
+        joined = gm.graph.call_module(into_target, (buf, list(parts)))
+    cat.replace_all_uses_with(joined)
+    gm.graph.erase_node(cat)
+    return joined, buf
+
+
+def _relu_into(gm, relu):
+    """A ReLU node (module, function or method) swapped for a ReLUInto node."""
+    target = f"fastconv_relu_into_{relu.name}"
+    add_submodule(gm, target, ReLUInto())
+    with gm.graph.inserting_before(relu):
+        new = gm.graph.call_module(target, (relu.args[0],))
+    relu.replace_all_uses_with(new)
+    gm.graph.erase_node(relu)
+    return new
+
+
+def _writer(part, parts, modules, buffers, bound):
     """The node that can write `part` straight into its slice of the cat's buffer (a fused
     module given `into`), or None (the part is copied in). Only parts the cat alone reads."""
     if len(part.users) != 1 or parts.count(part) != 1:
@@ -173,13 +195,16 @@ def _writer(part, cat, parts, modules, buffers, bound):
         if type(module_of(gemm, modules)) is SiblingConv1x1ReLU and gemm not in bound:
             return gemm
         return None
-    module = module_of(part, modules)
-    if len(part.args) != 1 or set(part.kwargs) - {"into"}:
+    if len(part.args) != 1:
         return None
-    if type(module) is PoolConv1x1ReLU or (type(module) is Conv1x1BNAct and _is_plain(module)) or \
-            (type(module) is ConvBN and module.ends_in_relu()):
-        return part
-    return None
+    if is_relu(part, modules):  # becomes a ReLUInto: the ReLU writes the slice
+        x = part.args[0]
+        return part if isinstance(x, fx.Node) and len(x.users) == 1 and set(part.kwargs) <= {"inplace"} else None
+    module = module_of(part, modules)
+    if part.kwargs or not (type(module) is PoolConv1x1ReLU or (type(module) is Conv1x1BNAct and _is_plain(module))
+                           or (type(module) is ConvBN and module.ends_in_relu())):
+        return None
+    return part
 
 
 def _channels(node, modules):
@@ -206,11 +231,10 @@ def _channels(node, modules):
             return known
     for user in node.users:  # a conv reading it knows its input channels
         reader = module_of(user, modules)
-        if user.args and user.args[0] is node:
-            if isinstance(reader, nn.Conv2d):
-                return reader.in_channels
-            if isinstance(reader, (SiblingConv1x1ReLU, PoolConv1x1ReLU)):
-                return (reader.convs[0] if isinstance(reader, SiblingConv1x1ReLU) else reader.conv).in_channels
+        reader = reader.convs[0] if isinstance(reader, SiblingConv1x1ReLU) else \
+            reader.conv if isinstance(reader, PoolConv1x1ReLU) else reader
+        if isinstance(reader, nn.Conv2d) and user.args and user.args[0] is node:
+            return reader.in_channels
     return None
 
 

@@ -325,6 +325,15 @@ class PoolConv1x1ReLU(nn.Module):
         return y if slot is None else slot.copy_(y)
 
 
+class ReLUInto(nn.Module):
+    """The ReLU ending a concatenation's branch (after anything but a fused conv) written
+    into its slice of the buffer: the ReLU is the branch's one copy."""
+
+    def forward(self, x, into=None):
+        slot = _slot(*into, x, x.shape[1], x.shape[-2:]) if into is not None and x.dim() == 4 else None
+        return torch.relu(x) if slot is None else torch.clamp_min(x, 0, out=slot)  # keeps NaN, as relu
+
+
 class ConcatBuffer(nn.Module):
     """The output of a channel concatenation, allocated before its branches run so that each
     writes its own slice (ConcatInto then has nothing left to copy): [N, channels, H, W], the
@@ -388,7 +397,7 @@ class ConcatInto(nn.Module):
 
 
 FUSED = (Conv1x1BNAct, ConvBN, ResidualAdd, FusedMaxPool2d, FusedAvgPool2d, FusedSequential, SamePool,
-         PaddedMaxPool, SiblingConv1x1ReLU, PoolConv1x1ReLU, ConcatBuffer, ConcatInto)
+         PaddedMaxPool, SiblingConv1x1ReLU, PoolConv1x1ReLU, ReLUInto, ConcatBuffer, ConcatInto)
 
 
 def is_fused(module):
