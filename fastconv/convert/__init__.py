@@ -120,6 +120,6 @@ def _rewrite(gm, path, shapes, report):
         rewrite_add(gm, node, modules, path, report)
     for node in gm.graph.nodes:  # the norms still called: not folded
         if node.op == "call_module" and is_norm(modules.get(node.target)):
-            report.skip(join(path, node.target), unfolded_norm_reason(node, modules))
+            report.skip(join(path, node.target), unfolded_norm_reason(gm, node, modules))
     gm.graph.lint()
     gm.recompile()

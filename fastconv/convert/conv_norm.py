@@ -61,7 +61,7 @@ def rewrite_conv(gm, node, conv, modules, calls, path, report):
     report.replace(name, conv_pattern(conv, norm, relu), op + (" (BN folded in eval)" if norm is not None else ""))
 
 
-def unfolded_norm_reason(node, modules):
+def unfolded_norm_reason(gm, node, modules):
     """Why a norm layer still runs as a layer after the rewrite (nothing folded it)."""
     plan = norm_plan(modules[node.target])
     if isinstance(plan, str):
@@ -71,6 +71,10 @@ def unfolded_norm_reason(node, modules):
         return "norm: no conv to fold it into"
     if cat_parts(source) is not None:
         return "norm of a torch.cat: no one conv to fold it into"  # MixNet's split convs, DenseNet
+    if source.op == "call_module" and type(gm.get_submodule(source.target)) in (Conv1x1BNAct, ConvBN):
+        # a pre-activation network's norm after the block's add, which went into conv3's epilogue
+        what = "a residual add" if len(source.args) > 1 else "a fused conv"
+        return f"norm after {what}: no conv to fold it into"
     if isinstance(module_of(source, modules), nn.Conv2d):
         return "norm after a conv left as it is (see the conv)"
     if source.op == "call_module":

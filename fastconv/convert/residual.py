@@ -55,7 +55,7 @@ def _into_epilogue(gm, add, relu, operand, residual, modules, path, report):
         drop_node, conv = operand, operand.args[0]
     else:
         drop_node, drop, conv = None, None, operand
-    module = gm.get_submodule(conv.target) if conv.op == "call_module" else None
+    module = gm.get_submodule(conv.target) if isinstance(conv, fx.Node) and conv.op == "call_module" else None
     if not (type(module) is Conv1x1BNAct and module.takes_residual() and len(conv.users) == 1
             and len(conv.args) == 1 and not conv.kwargs):
         return False
