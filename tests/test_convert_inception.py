@@ -40,8 +40,11 @@ class Branches(nn.Module):
 
 
 def _forward(model, x, backend):
-    with torch.no_grad(), fastconv.use_backend(backend), DispatchedOps() as ops:
-        out = model(x)
+    """The output and the ops of a steady-state forward (the first folds and stacks weights)."""
+    with torch.no_grad(), fastconv.use_backend(backend):
+        model(x)
+        with DispatchedOps() as ops:
+            out = model(x)
     return out, ops
 
 
@@ -96,6 +99,7 @@ def test_nested_concatenation_writes_into_the_enclosing_buffer(backend):
         "one buffer: 2 write their slices, 0 copied", "one buffer: 3 write their slices, 1 copied"]
     out, dispatched = _forward(converted, x, backend)
     assert dispatched.ops["aten.cat"] == 0 and dispatched.count("batch_norm") == 0
+    assert dispatched.ops["aten.copy_"] == 1  # the pool branch's; the others wrote in place
     assert reference.rel_error(out, copy.deepcopy(model).double()(x.double())) < 1e-5
 
 
@@ -125,6 +129,7 @@ def test_torchvision_googlenet():
     assert dispatched.ops["fastconv.conv1x1_relu_split_into"] == 2 * 9  # per block: siblings, pool projection
     assert dispatched.ops["fastconv.max_pool2d_same"] == 4              # the trunk's pools only
     assert dispatched.ops["aten.cat"] == 0 and dispatched.count("batch_norm") == 0
+    assert dispatched.ops["aten.copy_"] == 0  # every branch wrote its slice in place
 
 
 def test_googlenet_with_fresh_statistics_cannot_see_its_input():
