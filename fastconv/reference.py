@@ -67,8 +67,10 @@ def randomize_batchnorm(model, seed=0):
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
                 m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+                weight, bias = torch.rand(n, generator=g) + 0.5, torch.randn(n, generator=g) * 0.2
+                if m.affine:  # (drawn either way: the draws after stay the same)
+                    m.weight.copy_(weight)
+                    m.bias.copy_(bias)
     return model
 
 

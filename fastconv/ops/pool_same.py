@@ -59,6 +59,8 @@ def _torch_pool(x, kernel_size, stride, is_max, grad=None):
         if grad is None:
             return F.max_pool2d(padded, kernel_size, stride)
         y, idx = F.max_pool2d(padded, kernel_size, stride, return_indices=True)
+        if pt or pl:
+            idx = _first_real_cell(idx, padded.shape[3], pt, pl)
         g = torch.ops.aten.max_pool2d_with_indices_backward(
             grad, padded, kernel_size, stride, [0, 0], [1, 1], False, idx)
     else:
@@ -71,6 +73,17 @@ def _torch_pool(x, kernel_size, stride, is_max, grad=None):
     if grad is None:
         return y
     return g[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]]
+
+
+def _first_real_cell(idx, padded_width, pt, pl):
+    """PyTorch's max pool starts each window's argmax at the window's first cell and keeps
+    it unless a later cell is greater (or NaN): an all -inf window that starts in the
+    top/left padding sends its gradient to a padding cell, which the slice then drops.
+    Move such an index to the window's first real cell, as the Triton and CUDA kernels
+    route it. (Bottom/right padding cells come after a real cell in scan order: they never
+    win a tie.)"""
+    row, col = idx // padded_width, idx % padded_width
+    return row.clamp_(min=pt) * padded_width + col.clamp_(min=pl)
 
 
 def _pool(x, kernel_size, stride, is_max):

@@ -1,11 +1,52 @@
-"""Shared checks of the converter tests: outputs against the eager model, and counters
-of the fused ops a converted forward calls."""
+"""Shared checks of the converter tests: models whose outputs depend on their input,
+outputs against the eager model, and counters of the ops a converted forward calls."""
 import collections
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastconv
 from fastconv import ops, reference
+
+
+def realistic(model, x, seed=0):
+    """The model in eval mode with calibrated BatchNorm (statistics measured on inputs
+    like x: every BN normalizes to the scale of its affine parameters), checked to see its
+    input. Without this a torchvision model's feature maps can be constant per channel,
+    and an equivalence check cannot fail (issue 26)."""
+    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        g = torch.Generator().manual_seed(seed)
+        batch = torch.randn((max(x.shape[0], 2),) + x.shape[1:], generator=g).to(x)  # BN needs 2 values
+        reference.calibrate_batchnorm(model, [batch], seed)
+    assert sees_input(model.eval(), x)
+    return model
+
+
+def sees_input(model, x):
+    """The model's eval output changes when its input moves by one pixel."""
+    training = model.training
+    with torch.no_grad():
+        out = model.eval()(x)
+        shifted = model(torch.roll(x, 1, -1))
+    model.train(training)
+    out, shifted = (o[0] if isinstance(o, tuple) else o for o in (out, shifted))
+    return reference.rel_error(shifted, out) > 1e-3
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Counts the top-level ops a forward dispatches (fastconv's custom ops once each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    def count(self, word):
+        """How many dispatched ops have `word` in their name."""
+        return sum(n for op, n in self.ops.items() if word in op)
 
 
 def assert_same_function(original, converted, x, backend="torch", tol=1e-5):

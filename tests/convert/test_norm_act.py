@@ -6,8 +6,7 @@ from torch import nn
 
 import fastconv
 from fastconv.convert import Conv1x1BNAct
-from fastconv.reference import randomize_batchnorm
-from tests.convert.helpers import assert_same_function, count_op_calls, train_step_matches
+from tests.convert.helpers import assert_same_function, count_op_calls, realistic, train_step_matches
 
 timm_layers = pytest.importorskip("timm.layers")
 
@@ -28,13 +27,11 @@ class Block(nn.Module):
                                                (nn.SiLU, "1x1 conv + BN-act(SiLU)"),
                                                (nn.GELU, "1x1 conv + BN-act(GELU)")])
 def test_conv_norm_act_folds(act_layer, pattern, monkeypatch):
-    model = randomize_batchnorm(Block(act_layer)).eval()
-    x = torch.randn(2, 8, 5, 7)
+    model = realistic(Block(act_layer), x := torch.randn(2, 8, 5, 7))
     converted = fastconv.convert(model, example_input=x)
     report = converted.fastconv_report
     assert [(n, p) for n, p, _ in report.replaced] == [
-        ("expand.conv", pattern), ("project.conv", "1x1 conv + BN-act"),
-        ("project.conv", "(1x1 conv + BN + b)")]  # the add goes into project's epilogue
+        ("expand.conv", pattern), ("project.conv", "(1x1 conv + BN + b)")]  # the add in project's epilogue
     assert type(converted.expand.conv) is Conv1x1BNAct
     assert type(converted.expand.bn) is timm_layers.BatchNormAct2d  # kept at its path
     assert set(converted.state_dict()) == set(model.state_dict())
@@ -45,17 +42,14 @@ def test_conv_norm_act_folds(act_layer, pattern, monkeypatch):
 
 
 def test_conv_norm_act_triton_interpreter():
-    model = randomize_batchnorm(Block(nn.SiLU)).eval()
-    x = torch.randn(1, 8, 3, 5)
+    model = realistic(Block(nn.SiLU), x := torch.randn(1, 8, 3, 5))
     assert_same_function(model, fastconv.convert(model), x, backend="triton")
 
 
 def test_norm_act_with_a_drop_layer_is_not_folded():
     # DropBlock after the norm: extra work in train mode. The conv is fused alone.
-    model = randomize_batchnorm(timm_layers.ConvNormAct(
-        8, 8, 1, drop_layer=lambda: timm_layers.DropBlock2d(0.1, 3))).eval()
-    model = nn.Sequential(model)  # traced as a child of a container
-    x = torch.randn(2, 8, 6, 6)
+    model = nn.Sequential(timm_layers.ConvNormAct(8, 8, 1, drop_layer=lambda: timm_layers.DropBlock2d(0.1, 3)))
+    model = realistic(model, x := torch.randn(2, 8, 6, 6))  # traced as a child of a container
     converted = fastconv.convert(model, example_input=x)
     report = converted.fastconv_report
     assert dict(report.skipped) == {"0.bn": "norm-act layer with a DropBlock2d after the norm"}
@@ -74,8 +68,7 @@ def test_norm_act_by_position_in_an_untraceable_module():
         def forward(self, x):
             return self.body(x) if x.sum() > -1e9 else x  # data-dependent: not traceable
 
-    model = randomize_batchnorm(Branchy()).eval()
-    x = torch.randn(2, 4, 5, 5)
+    model = realistic(Branchy(), x := torch.randn(2, 4, 5, 5))
     converted = fastconv.convert(model)
     assert [p for _, p, _ in converted.fastconv_report.replaced] == [
         "1x1 conv + BN-act(SiLU)", "1x1 conv + BN-act(ReLU) + ReLU"]
@@ -87,9 +80,10 @@ def test_norm_act_by_position_in_an_untraceable_module():
 def test_timm_same_padded_1x1_conv_is_dense(size):
     # create_conv2d(..., stride=2, padding='same') is timm's Conv2dSame: its dynamic SAME pad
     # is zero for a 1x1 kernel on every size, so it is a dense 1x1 conv.
-    model = randomize_batchnorm(nn.Sequential(
-        timm_layers.create_conv2d(8, 16, 1, stride=2, padding="same"), nn.BatchNorm2d(16))).eval()
+    x = torch.randn(2, 8, *size)
+    model = realistic(nn.Sequential(timm_layers.create_conv2d(8, 16, 1, stride=2, padding="same"),
+                                    nn.BatchNorm2d(16)), x)
     assert type(model[0]).__name__ == "Conv2dSame"
     converted = fastconv.convert(model)
     assert [p for _, p, _ in converted.fastconv_report.replaced] == ["1x1 conv + BN"]
-    assert_same_function(model, converted, torch.randn(2, 8, *size))
+    assert_same_function(model, converted, x)

@@ -6,18 +6,16 @@ from torchvision.models.resnet import Bottleneck
 
 import fastconv
 from fastconv.convert import Conv1x1BNAct
-from fastconv.reference import randomize_batchnorm
-from tests.convert.helpers import assert_same_function, count_op_calls, train_step_matches
+from tests.convert.helpers import assert_same_function, count_op_calls, realistic, train_step_matches
 
 
-def _bottleneck():
+def _bottleneck(x):
     downsample = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
-    return randomize_batchnorm(Bottleneck(8, 4, stride=2, downsample=downsample)).eval()
+    return realistic(Bottleneck(8, 4, stride=2, downsample=downsample), x)
 
 
 def test_bottleneck_add_relu_in_conv3_epilogue(monkeypatch):
-    model = _bottleneck()
-    x = torch.randn(2, 8, 7, 9)
+    model = _bottleneck(x := torch.randn(2, 8, 7, 9))
     converted = fastconv.convert(model, example_input=x)
     assert ("conv3", "relu(1x1 conv + BN + b)", "conv1x1_relu(residual=...)") in converted.fastconv_report.replaced
     assert type(converted.conv3) is Conv1x1BNAct and converted.conv3.relu
@@ -30,10 +28,10 @@ def test_bottleneck_add_relu_in_conv3_epilogue(monkeypatch):
 
 
 def test_bottleneck_train_mode_exact(monkeypatch):
-    model = _bottleneck()
+    model = _bottleneck(x := torch.randn(4, 8, 6, 6))
     converted = fastconv.convert(model)
     calls = count_op_calls(monkeypatch)
-    train_step_matches(model, converted, torch.randn(4, 8, 6, 6))
+    train_step_matches(model, converted, x)
     assert calls["residual_add"] == 1  # after conv3's BN, which runs as its layer
 
 
@@ -49,10 +47,10 @@ class AddNoReLU(nn.Module):
 
 
 def test_add_without_relu_in_the_epilogue_and_broadcast_fallback(monkeypatch):
-    model = randomize_batchnorm(AddNoReLU()).eval()
-    converted = fastconv.convert(model)
+    model, x = AddNoReLU(), torch.randn(2, 8, 5, 5)
+    realistic(nn.Sequential(model.conv, model.bn), x)  # calibrates the model's own BN
+    converted = fastconv.convert(model.eval())
     assert ("conv", "(1x1 conv + BN + b)", "conv1x1_relu(residual=...)") in converted.fastconv_report.replaced
-    x = torch.randn(2, 8, 5, 5)
     calls = count_op_calls(monkeypatch)
     for r in (torch.randn(2, 8, 5, 5), torch.randn(2, 8, 1, 1), torch.randn(8, 5, 5)):  # the last two broadcast
         with torch.no_grad():
@@ -73,11 +71,10 @@ class InPlaceIntoInput(nn.Module):
 
 
 def test_in_place_add_into_the_residual_is_not_moved_into_the_conv():
-    model = randomize_batchnorm(InPlaceIntoInput()).eval()
+    model = realistic(InPlaceIntoInput(), x := torch.randn(2, 8, 4, 4))
     converted = fastconv.convert(model)
     patterns = [p for _, p, _ in converted.fastconv_report.replaced]
     assert patterns == ["1x1 conv + BN"]  # x is also the conv's input: the add stays
-    x = torch.randn(2, 8, 4, 4)
     a, b = x.clone(), x.clone()
     with torch.no_grad():
         assert torch.allclose(converted(a), model(b), rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastconv
-from tests.convert.helpers import assert_same_function, count_op_calls
+from tests.convert.helpers import assert_same_function, count_op_calls, sees_input
 
 
 class TimmPools(nn.Module):
@@ -25,6 +25,7 @@ def test_timm_same_pools(size, avg_fused, monkeypatch):
     timm_layers = pytest.importorskip("timm.layers")
     model = TimmPools(timm_layers).eval()
     assert [type(m).__name__ for m in (model.max, model.avg)] == ["MaxPool2dSame", "AvgPool2dSame"]
+    assert sees_input(model, torch.randn(2, 3, 16, 16))
     converted = fastconv.convert(model, example_input=torch.randn(1, 3, 16, 16))
     assert [(n, p) for n, p, _ in converted.fastconv_report.replaced] == [
         ("max", "MaxPool2dSame 3x3/2"), ("avg", "AvgPool2dSame 2x2/2")]
@@ -59,8 +60,9 @@ class InfPaddedPools(nn.Module):
 def test_inf_pad_then_max_pool(size, fused, monkeypatch):
     model = InfPaddedPools().eval()
     converted = fastconv.convert(model)
-    assert [(n, p) for n, p, _ in converted.fastconv_report.replaced] == [
-        ("max_pool2d", "-inf pad + max pool 3x3/2"), ("pool", "-inf pad + max pool 3x3/2")]
+    assert sees_input(model, torch.randn(2, 3, *size))
+    assert [(n, p) for n, p, _ in converted.fastconv_report.replaced] == [  # F.max_pool2d: by its module
+        ("(model)", "-inf pad + max pool 3x3/2"), ("pool", "-inf pad + max pool 3x3/2")]
     calls = count_op_calls(monkeypatch)
     assert_same_function(model, converted, torch.randn(2, 3, *size))
     # (0, 1) is SAME's padding on even sizes only: odd sizes run the pad and the pool as written
@@ -87,12 +89,16 @@ class FunctionalPools(nn.Module):
 def test_functional_pools(monkeypatch):
     model = FunctionalPools()
     x = torch.randn(2, 3, 9, 8)
+    assert sees_input(model, x)
     converted = fastconv.convert(model, example_input=x)
     report = converted.fastconv_report
+    # function calls are named by the module whose forward makes them, here the model itself
     assert [(n, p) for n, p, _ in report.replaced] == [
-        ("max_pool2d", "max pool 3x3/1 (SAME)"), ("avg_pool2d", "avg pool 3x3/1 (SAME)")]
-    assert dict(report.skipped) == {"conv": "3x3 conv", "avg_pool2d_1": "avg pool counts the padding (count_include_pad=True)",
-                                    "max_pool2d_1": "functional pool, SAME only for some input sizes (not recorded for functions)"}
+        ("(model)", "max pool 3x3/1 (SAME)"), ("(model) #2", "avg pool 3x3/1 (SAME)")]
+    assert dict(report.skipped) == {
+        "conv": "3x3 conv without a norm after it",
+        "(model) #3": "avg pool counts the padding (count_include_pad=True)",
+        "(model) #4": "functional pool, SAME only for some input sizes (not recorded for functions)"}
     calls = count_op_calls(monkeypatch)
     assert_same_function(model, converted, x)
     assert calls == {"max_pool2d_same": 1, "avg_pool2d_same": 1}

@@ -1,5 +1,5 @@
 """The zoo level of the benchmark on one small model (the full sweep is run by hand:
-bench/results/2026-11-27-cpu-zoo/)."""
+bench/results/2026-11-30-cpu-zoo/)."""
 import json
 
 import pytest
@@ -18,8 +18,10 @@ def test_zoo_level_on_one_small_model(tmp_path):
     assert row["dense 1x1"] == row["dense fused"] > 0  # every dense 1x1 conv is a fastconv op ...
     assert row["eager 1x1 calls"] == 0                  # ... and none ran as an eager conv
     assert row["residual adds fused"] > 0
+    assert row["BN passes eager"] > 0 and row["BN passes converted"] == 0  # every BN folded
     assert row["rel_err_vs_eager"] <= 1e-5
-    assert "| timm/mobilenetv3_small_100 |" in (tmp_path / "zoo.md").read_text()
+    table = (tmp_path / "zoo.md").read_text()
+    assert "| timm/mobilenetv3_small_100 |" in table and f"| {row['BN passes eager']}/{row['BN passes eager']} |" in table
 
 
 @gpu
@@ -30,8 +32,8 @@ def test_zoo_models_on_gpu_backends(name, backend):
     if name.startswith("timm/"):
         pytest.importorskip("timm")
     build, size = ZOO[name]
-    model = reference.randomize_batchnorm(build()).eval().cuda()
     x = torch.randn(4, 3, size, size, device="cuda")
+    model = reference.calibrate_batchnorm(build().cuda(), [torch.randn_like(x)]).eval()
     converted = fastconv.convert(model, example_input=x)
     with torch.no_grad():
         ref = model(x)

@@ -233,3 +233,23 @@ def test_triton_model_shapes_bf16(kind, pool):
         ref64.backward(grad.double())
         assert_close(out, ref64, torch.bfloat16)
         assert_close(x_grad, x64.grad, torch.bfloat16, "x.grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("geometry", [(3, 1), (3, 2), ((3, 2), (2, 1))])
+def test_max_all_inf_window_at_the_padding_routes_to_its_first_real_cell(backend, geometry):
+    """Windows of only -inf that start in the top/left SAME padding: every backend gives
+    their gradient to the window's first real cell (the float64 reference's argmax), none
+    to a padding cell (lost)."""
+    k, s = geometry
+    x = torch.randn(1, 2, 7, 6, device=DEVICE)
+    x[0, 1, :3, :4] = float("-inf")  # the top-left windows of every geometry here
+    x.requires_grad_()
+    with fastconv.use_backend(backend):
+        out = fastconv.max_pool2d_same(x, k, s)
+        grad = torch.randint(1, 4, out.shape, device=DEVICE).float()
+        out.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    reference.max_pool2d_same(x64, k, s).backward(grad.double())
+    assert x64.grad[0, 1, 0, 0] > 0  # the case is there: a window of -inf sends its gradient
+    assert torch.equal(x.grad.double(), x64.grad)
