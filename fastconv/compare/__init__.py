@@ -136,6 +136,6 @@ def _dtype(model, inputs):
 
 
 def _backend_name():
-    from fastconv import get_backend
+    from fastconv._backend import get_backend
 
     return get_backend()

@@ -128,7 +128,7 @@ def _run_local(candidate, ref_rec, cand_rec, found, b, counterpart):
 def kernels(calls):
     """What the failing layer ran: per distinct fastconv op call, fastconv.explain's answer
     (op, backend, why, shape class, Triton config), or the op's name where explain has none."""
-    from fastconv import explain
+    from fastconv._tuning.explain import explain
 
     seen, kernels = set(), []
     for name, args, kwargs in calls:
