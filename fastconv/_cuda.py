@@ -15,14 +15,65 @@ except ImportError as e:  # built only where nvcc was found (setup.py)
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
+# The oldest NVIDIA driver branch that runs a build of each CUDA major version: CUDA's minor
+# version compatibility runs a build of CUDA X.y on any driver for CUDA X.0 or newer (NVIDIA's
+# "CUDA Compatibility" guide), given SASS for the GPU (PTX needs a driver as new as the build).
+DRIVER_FLOOR = {11: "R450", 12: "R525", 13: "R580"}
+
+
+def _cuda_version(v):
+    """'12.9' from the CUDA API's 12090."""
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def driver_needed(cuda_runtime):
+    """The driver a build linking CUDA runtime `cuda_runtime` (e.g. 12090) needs, in words."""
+    major = cuda_runtime // 1000
+    floor = f"{DRIVER_FLOOR[major]} or newer " if major in DRIVER_FLOOR else ""
+    return f"an NVIDIA driver {floor}(CUDA {major}.0+)"
+
+
+def driver_problem(cuda_runtime, driver):
+    """Why a driver supporting CUDA `driver` (0: no driver) cannot run a build linking CUDA
+    runtime `cuda_runtime`, or None (both as the CUDA API gives them: 12090 for 12.9)."""
+    build = f"this fastconv._C (CUDA {_cuda_version(cuda_runtime)}) needs {driver_needed(cuda_runtime)}"
+    if driver == 0:
+        return f"no NVIDIA driver found (libcuda.so.1 cannot be loaded); {build}"
+    if driver // 1000 < cuda_runtime // 1000:
+        return f"the NVIDIA driver is too old: it supports CUDA {_cuda_version(driver)}, and {build}"
+    return None
+
 
 def unavailable_reason():
-    """Why the CUDA C++ backend cannot run here, or None."""
+    """Why the CUDA C++ backend cannot run here, or None: extension not built, no driver,
+    driver too old for the build, no GPU, or a torch that cannot make CUDA tensors."""
     if _C is None:
-        return f"the extension fastconv._C is not built ({_IMPORT_ERROR})"
+        return (f"the extension fastconv._C is not installed ({_IMPORT_ERROR}): an install from "
+                "source builds it only where nvcc is found; the binary wheel carries it")
+    problem = driver_problem(_C.build_info()["cuda_runtime"], _C.driver_version())
+    if problem:
+        return problem
+    try:
+        if _C.device_count() == 0:
+            return "no GPU found"
+    except RuntimeError as e:  # cudaErrorNoDevice, or a GPU the driver cannot use
+        return f"no usable GPU ({e})"
     if not torch.cuda.is_available():
-        return "no CUDA device is available"
+        return (f"torch {torch.__version__} cannot make CUDA tensors (torch.version.cuda is "
+                f"{torch.version.cuda}): install a CUDA build of torch")
     return None
+
+
+def describe_build():
+    """One line: what fastconv._C was built with, the driver it needs, the driver here."""
+    if _C is None:
+        return "fastconv._C: not installed"
+    info = _C.build_info()
+    driver = _C.driver_version()
+    return (f"fastconv._C: CUDA {_cuda_version(info['cuda_runtime'])} (nvcc {info['nvcc']}, "
+            f"{info['host_compiler']}), GPU code {info['archs']}; needs "
+            f"{driver_needed(info['cuda_runtime'])}; driver here: "
+            f"{'CUDA ' + _cuda_version(driver) if driver else 'none found'}")
 
 
 def _where(t):

@@ -30,7 +30,7 @@ def test_extension_is_built_and_imports():
 
 @pytest.mark.skipif(HAS_CUDA or not HAS_NVCC, reason="checks the behaviour without a GPU")
 def test_without_gpu_errors_are_clear():
-    assert _cuda.unavailable_reason() == "no CUDA device is available"
+    assert _cuda.unavailable_reason().startswith(("no NVIDIA driver found", "no usable GPU", "no GPU found"))
     assert "cuda" not in fastconv.available_backends()
     with pytest.raises(RuntimeError, match="fastconv CUDA error in cudaGetDeviceCount: cudaError"):
         _cuda._C.device_count()
