@@ -1,12 +1,19 @@
 """fastconv: fused CNN operators (1x1 conv + bias + ReLU, residual add + ReLU,
 TensorFlow-SAME pooling) for PyTorch, in Triton and CUDA C++."""
-from fastconv._backend import available_backends, get_backend, set_backend, use_backend
-from fastconv.ops import avg_pool2d_same, conv1x1_relu, max_pool2d_same, residual_add
-from fastconv.ops import conv1x1_relu_split, conv1x1_relu_split_into, pool_conv1x1_relu
 from fastconv import nn, reference  # noqa: E402  (modules over the ops; float64 references)
-from fastconv.convert import convert  # noqa: E402
+from fastconv._backend import available_backends, get_backend, set_backend, use_backend
 from fastconv._tuning.explain import explain  # noqa: E402  (what runs for a call, and why)
 from fastconv.compare import compare  # noqa: E402  (layer-by-layer equivalence of two models)
+from fastconv.convert import convert  # noqa: E402
+from fastconv.ops import (
+    avg_pool2d_same,
+    conv1x1_relu,
+    conv1x1_relu_split,
+    conv1x1_relu_split_into,
+    max_pool2d_same,
+    pool_conv1x1_relu,
+    residual_add,
+)
 
 __version__ = "0.1.0"
 __all__ = ["conv1x1_relu", "residual_add", "max_pool2d_same", "avg_pool2d_same",

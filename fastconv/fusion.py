@@ -153,7 +153,9 @@ def pool_is_same(size_hw, kernel_size, stride, padding, ceil_mode, is_max=True,
     """True when a PyTorch pool of these settings gives exactly SAME pooling on
     inputs of spatial size `size_hw`: the same windows at the same positions, and
     (average) no padded cell counted."""
-    pair = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v))
+    def pair(v):  # not _checks.pair: a padding of 0 is legal here
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
     args = (tuple(size_hw), pair(kernel_size), pair(stride or kernel_size), pair(padding),
             ceil_mode, is_max, count_include_pad, pair(dilation))
     if torch.compiler.is_compiling() or not all(type(v) is int for v in args[0]):

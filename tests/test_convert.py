@@ -15,7 +15,6 @@ from fastconv import models, reference
 from tests.conftest import gpu
 from tests.convert.helpers import DispatchedOps, realistic
 
-
 # name: (builder, {pattern: count} at 224x224)
 TORCHVISION = {
     "resnet18": (tvm.resnet18, {"7x7 conv + BN + ReLU": 1, "3x3 conv + BN + ReLU": 8, "3x3 conv + BN": 8,

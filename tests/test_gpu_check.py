@@ -16,7 +16,8 @@ FILES = {"check.log", "tests.log", "host.md", "ops.md", "ops.json", "models.md",
 STEPS = ["environment", "build", "pytest quick", "sanitizer", "host", "ops", "models", "tune", "pytest deep"]
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="the dry run is the CPU machines' check of the script; a GPU runs the check itself")
+@pytest.mark.skipif(HAS_CUDA, reason="the dry run is the CPU machines' check of the script; "
+                                     "a GPU runs the check itself")
 def test_dry_run_runs_every_step(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not an xdist worker's
     env["PYTHON"] = sys.executable

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torchvision.models as tvm
 from torch import nn
-from torchvision.models import resnet as tv_resnet
 from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision.models import resnet as tv_resnet
 
 import fastconv
 from fastconv import fusion, models, reference
@@ -225,12 +225,16 @@ def test_direct_path_skips_the_custom_op_only_when_nothing_needs_it(monkeypatch)
     mode watching: the custom op runs (autograd, tracing and counters see it)."""
     from fastconv.ops import conv1x1, pool_same, residual
     calls = collections.Counter()
-    for module, name in [(conv1x1, "conv1x1_relu_op"), (residual, "residual_add_op"),
-                         (pool_same, "max_pool2d_same_op")]:
-        def counted(*args, real=getattr(module, name), name=name):
+
+    def counting(real, name):
+        def counted(*args):
             calls[name] += 1
             return real(*args)
-        monkeypatch.setattr(module, name, counted)
+        return counted
+
+    for module, name in [(conv1x1, "conv1x1_relu_op"), (residual, "residual_add_op"),
+                         (pool_same, "max_pool2d_same_op")]:
+        monkeypatch.setattr(module, name, counting(getattr(module, name), name))
     x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 4, 1, 1)
 
     def run(x, w):

@@ -156,7 +156,8 @@ def inception_case(n, widths, hw, dtype, device):
 # (op, channels in, size, channels out / kernel, stride, relu); "convres" adds a residual in
 # the conv's epilogue (a ResNet bottleneck's conv3).
 KEY_SHAPES = [
-    ("conv", 64, 56, 256, 1, True), ("convres", 64, 56, 256, 1, True), ("conv", 256, 56, 64, 1, True), ("conv", 256, 56, 512, 2, False),
+    ("conv", 64, 56, 256, 1, True), ("convres", 64, 56, 256, 1, True), ("conv", 256, 56, 64, 1, True),
+    ("conv", 256, 56, 512, 2, False),
     ("conv", 1024, 14, 256, 1, True), ("conv", 192, 28, 64, 1, True), ("conv", 832, 7, 384, 1, True),
     ("residual", 256, 56), ("residual", 1024, 14), ("residual", 2048, 7),
     ("max", 64, 112, 3, 2), ("max", 192, 28, 3, 1), ("max", 480, 28, 3, 2), ("avg", 1024, 7, 3, 1),

@@ -9,7 +9,8 @@ from fastconv.bench.cases import DTYPES, UsageError, check_dtypes, positive_int
 from fastconv.bench.models import MODEL_TWINS, check_providers, run_models
 from fastconv.bench.ops import run_ops
 from fastconv.bench.report import environment, markdown, models_markdown, plot
-from fastconv.bench.zoo import QUICK as ZOO_QUICK, ZOO, run_zoo, zoo_markdown
+from fastconv.bench.zoo import QUICK as ZOO_QUICK
+from fastconv.bench.zoo import ZOO, run_zoo, zoo_markdown
 
 LEVELS = ["ops", "models", "all", "plot", "zoo"]
 # the levels each option means something to; given to any other level, it is refused

@@ -16,6 +16,7 @@ check) the same runs with eager and the torch backend, and GPU ms is left empty.
 """
 import argparse
 import cProfile
+import functools
 import io
 import os
 import pstats
@@ -97,8 +98,8 @@ def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None, pro
     for name in names:
         shown.step(f"{name}: building it and torchvision's twin")
         eager, ours, x, _ = model_pair(name, device, dtype, batch, size)
-        calls = {"eager": lambda: eager(x)}
-        calls.update({b: (lambda b: lambda: on_backend(b, ours, (x,)))(b) for b in backends})
+        calls = {"eager": functools.partial(eager, x)}
+        calls.update({b: functools.partial(on_backend, b, ours, (x,)) for b in backends})
         with torch.no_grad():
             for prov, call in calls.items():
                 if providers and prov not in providers:
@@ -110,7 +111,7 @@ def run_host(names, batch, dtype_name, forwards=5, size=224, providers=None, pro
                     profiles.append(profile_text(call, forwards, f"{name} on {prov}"))
                 if progress:
                     progress(rows, profiles)
-        del eager, ours
+        del calls, eager, ours  # before the next model is built
     return rows, profiles
 
 

@@ -1,5 +1,6 @@
 """The models level: whole networks in images/s, inference and one training step."""
 import contextlib
+import functools
 
 import torch
 
@@ -91,19 +92,18 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=
         eager, ours, x, ref32 = model_pair(name, device, dtype, batch, size)
         with torch.no_grad():
             ref = eager(x)
-            calls = {"eager": lambda: eager(x)}
+            calls = {"eager": functools.partial(eager, x)}
             if on_gpu:
                 for backend in [b for b in ("triton", "cuda") if b in fastconv.available_backends()]:
-                    calls[backend] = (lambda b: lambda: on_backend(b, ours, (x,)))(backend)
+                    calls[backend] = functools.partial(on_backend, backend, ours, (x,))
                 calls["eager+graph"] = cuda_graphed(eager, x)
-                calls["triton+graph"] = cuda_graphed(lambda t: on_backend("triton", ours, (t,)), x)
-                calls["compile"] = (lambda f: lambda: f(x))(torch.compile(eager))
+                calls["triton+graph"] = cuda_graphed(lambda t, m=ours: on_backend("triton", m, (t,)), x)
+                calls["compile"] = functools.partial(torch.compile(eager), x)
                 # the fastconv model under torch.compile (default mode; the ops stay opaque
                 # custom ops, BN folded inside the graph), beside "compile" of the eager model
-                calls["triton+compile"] = (lambda f: lambda: on_backend("triton", f, (x,)))(
-                    torch.compile(ours))
+                calls["triton+compile"] = functools.partial(on_backend, "triton", torch.compile(ours), (x,))
             else:
-                calls["torch"] = lambda: on_backend("torch", ours, (x,))
+                calls["torch"] = functools.partial(on_backend, "torch", ours, (x,))
             for prov, call in calls.items():
                 if provider_filter and prov.split("+")[0] not in provider_filter:
                     continue
@@ -129,6 +129,15 @@ def run_models(names, batch, dtype_name, provider_filter, train_step=True, size=
     return rows
 
 
+def _train_step(model, backend, opt, x):
+    with fastconv.use_backend(backend):
+        out = model(x)
+        loss = (out[0] if isinstance(out, tuple) else out).float().square().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter, shown):
     """One SGD step (forward, backward, update) in train mode, images/s."""
     rows = []
@@ -141,15 +150,7 @@ def _train_rows(name, ours, eager, x, dtype_name, on_gpu, provider_filter, shown
         shown.step(f"{name}: one training step on {prov}")
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-        def step():
-            with fastconv.use_backend(backend):
-                out = model(x)
-                loss = (out[0] if isinstance(out, tuple) else out).float().square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        ms = time_ms(step, on_gpu)
+        ms = time_ms(functools.partial(_train_step, model, backend, opt, x), on_gpu)
         rows.append({"model": name, "batch": x.shape[0], "dtype": dtype_name,
                      "mode": "train step", "provider": prov, "median_ms": ms,
                      "images/s": x.shape[0] / ms * 1e3, "max_abs_err_vs_eager": None,

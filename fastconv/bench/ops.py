@@ -1,4 +1,6 @@
 """The ops level: every op and shape for every provider, one row each."""
+import functools
+
 import torch
 
 import fastconv
@@ -57,12 +59,11 @@ def run_ops(dtype_names, batches, shapes, op_filter, provider_filter, progress=T
             times = {}
             for name, (backend, mode) in timed.items():
                 if mode is not None:
-                    fn = torch.compile(case.eager, mode=mode)
-                    call = lambda fn=fn: fn(*inputs)  # noqa: E731
+                    call = functools.partial(torch.compile(case.eager, mode=mode), *inputs)
                 elif backend is not None:
-                    call = lambda b=backend: on_backend(b, case.ours, inputs)  # noqa: E731
+                    call = functools.partial(on_backend, backend, case.ours, inputs)
                 else:
-                    call = lambda: case.eager(*inputs)  # noqa: E731
+                    call = functools.partial(case.eager, *inputs)
                 try:
                     out = call()
                 except NotImplementedError:  # the backend has no kernel for this op yet

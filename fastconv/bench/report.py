@@ -62,7 +62,8 @@ def markdown(rows, env, bw):
              f"Copy bandwidth measured here: {bw:.0f} GB/s." if bw else
              "No GPU: CPU times of the torch backend against eager; Triton checked in the interpreter.",
              "Median times; GB/s on the op's minimum traffic; ratios > 1 mean faster than eager/compile.", "",
-             "| op | shape | dtype | provider | median us | GB/s | % copy BW | TFLOP/s | vs eager | vs compile | max err vs eager |",
+             "| op | shape | dtype | provider | median us | GB/s | % copy BW | TFLOP/s | vs eager | vs compile "
+             "| max err vs eager |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ms = r.get("median_ms")

@@ -6,6 +6,7 @@ import torch
 
 import fastconv
 
+
 def copy_bandwidth():
     """Device-to-device copy GB/s (bytes read + written) of a 1 GiB buffer on this card."""
     import triton.testing

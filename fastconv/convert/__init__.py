@@ -36,8 +36,13 @@ from fastconv.convert.conv_norm import fuse_sequential, rewrite_conv, unfolded_n
 from fastconv.convert.inception import fuse_inception
 from fastconv.convert.layers import is_norm, is_pool
 from fastconv.convert.modules import Conv1x1BNAct, ConvBN, is_fused
-from fastconv.convert.pools import (convert_pool, finite_pad_reason, padded_max_pool, rewrite_functional_pool,
-                                    rewrite_padded_pool)
+from fastconv.convert.pools import (
+    convert_pool,
+    finite_pad_reason,
+    padded_max_pool,
+    rewrite_functional_pool,
+    rewrite_padded_pool,
+)
 from fastconv.convert.report import ConversionReport
 from fastconv.convert.residual import rewrite_add
 from fastconv.convert.tracing import input_shapes, is_add, join, trace_mode_independent

@@ -12,8 +12,15 @@ forward (not traced), the same runs are found by position.
 """
 from torch import fx, nn
 
-from fastconv.convert.layers import (NO_NORM, conv1x1_reason, describe_conv, fold_reason, is_norm,
-                                     norm_pattern, norm_plan)
+from fastconv.convert.layers import (
+    NO_NORM,
+    conv1x1_reason,
+    describe_conv,
+    fold_reason,
+    is_norm,
+    norm_pattern,
+    norm_plan,
+)
 from fastconv.convert.modules import Conv1x1BNAct, ConvBN, FusedSequential, is_fused
 from fastconv.convert.tracing import cat_parts, is_relu, join, module_of, only_user
 

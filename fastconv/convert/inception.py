@@ -26,8 +26,17 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fastconv.convert.layers import pair
-from fastconv.convert.modules import (ConcatBuffer, ConcatInto, Conv1x1BNAct, ConvBN, PaddedMaxPool,
-                                      PoolConv1x1ReLU, ReLUInto, SamePool, SiblingConv1x1ReLU)
+from fastconv.convert.modules import (
+    ConcatBuffer,
+    ConcatInto,
+    Conv1x1BNAct,
+    ConvBN,
+    PaddedMaxPool,
+    PoolConv1x1ReLU,
+    ReLUInto,
+    SamePool,
+    SiblingConv1x1ReLU,
+)
 from fastconv.convert.tracing import add_submodule, cat_parts, is_relu, join, module_of, module_path
 from fastconv.ops.inception import MAX_OUTPUTS
 
@@ -224,8 +233,9 @@ def _channels(node, modules):
     parts = cat_parts(node)
     if parts is not None:
         return _sum(_channels(p, modules) for p in parts)
-    if node.args and isinstance(node.args[0], fx.Node) and (
-            isinstance(module, _SAME_CHANNELS) or (node.op == "call_function" and node.target in _SAME_CHANNELS_FUNCTIONS)):
+    keeps_channels = isinstance(module, _SAME_CHANNELS) or (
+        node.op == "call_function" and node.target in _SAME_CHANNELS_FUNCTIONS)
+    if node.args and isinstance(node.args[0], fx.Node) and keeps_channels:
         known = _channels(node.args[0], modules)
         if known is not None:
             return known

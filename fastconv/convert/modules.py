@@ -18,7 +18,6 @@ from fastconv.nn import FusedAvgPool2d, FusedMaxPool2d, ResidualAdd
 from fastconv.ops.inception import has_kernels, stack_weights_cached
 from fastconv.ops.pool_same import same_geometry
 
-
 # --- conv + norm + activation -------------------------------------------------------
 
 def conv1x1_norm_act(x, conv, norm, relu, act, residual=None, drop=None):

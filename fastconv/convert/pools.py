@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from fastconv import fusion
 from fastconv.convert.layers import is_type, pair
-from fastconv.convert.modules import NoSamePadding, PaddedMaxPool, SamePool, always, same_pads
+from fastconv.convert.modules import NoSamePadding, PaddedMaxPool, SamePool, always
 from fastconv.convert.tracing import add_submodule, call_args, join, module_of, module_path, only_user
 from fastconv.nn import FusedAvgPool2d, FusedMaxPool2d
 

@@ -12,8 +12,7 @@ if importlib.util.find_spec("torchvision") is None:  # an extra: no other fastco
 
 from fastconv.models.classic import alexnet, lenet5, vgg16  # noqa: E402
 from fastconv.models.googlenet import Inception, googlenet  # noqa: E402
-from fastconv.models.resnet import (plain18, plain34, resnet18, resnet34, resnet50,  # noqa: E402
-                                    resnet101, resnet152)
+from fastconv.models.resnet import plain18, plain34, resnet18, resnet34, resnet50, resnet101, resnet152  # noqa: E402
 
 __all__ = ["lenet5", "alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
            "resnet152", "plain18", "plain34", "googlenet", "Inception"]

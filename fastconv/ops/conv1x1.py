@@ -66,8 +66,8 @@ def _forward(x, weight, bias, stride, relu, residual):
         if residual is None:
             y = F.conv2d(x, w4, bias, stride)
         else:  # one rounding of conv + bias + residual, as the kernels' fp32 epilogues
-            up = (lambda t: t if t is None or t.element_size() >= 4 else t.float())
-            y = F.conv2d(up(x), up(w4), up(bias), stride).add_(residual).to(x.dtype)
+            x32, w32, b32 = (t if t is None or t.element_size() >= 4 else t.float() for t in (x, w4, bias))
+            y = F.conv2d(x32, w32, b32, stride).add_(residual).to(x.dtype)
         y = y.relu_() if relu else y
         # a copy only if the conv library chose another layout than the rule for x
         layout = _checks.out_memory_format(x)

@@ -5,9 +5,16 @@ import pytest
 import torch
 
 import fastconv
+from tests.compare.helpers import (
+    accumulate_in_bf16,
+    converted,
+    fold_in_bf16,
+    perturb_folded_bias,
+    rebuilt,
+    shift_pool_window,
+    write_to_wrong_slice,
+)
 from tests.conftest import gpu
-from tests.compare.helpers import (accumulate_in_bf16, converted, fold_in_bf16, perturb_folded_bias, rebuilt,
-                                   shift_pool_window, write_to_wrong_slice)
 
 MODELS = ["googlenet", "resnet50", "timm:resnet26d"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -10,8 +10,7 @@ from torch import nn
 import fastconv
 from fastconv import reference
 from fastconv.convert import ConvBN
-from tests.convert.helpers import (DispatchedOps, assert_same_function, count_op_calls, realistic,
-                                   train_step_matches)
+from tests.convert.helpers import DispatchedOps, assert_same_function, count_op_calls, realistic, train_step_matches
 
 
 class Convs(nn.Module):
