@@ -41,9 +41,12 @@ def rows(request, tmp_path_factory):
     return doc["rows"]
 
 
-def _offenders(rows, bad):
-    return [f"{r['kernel']} {r['form']} {r['config']} {r['dtype']} {r['layout']} {r['epilogue']} {r['shape']}"
-            for r in rows if bad(r)]
+def _assert_none(rows, bad):
+    """Every row meets the budget (`bad` is False), and there are rows to check."""
+    assert rows, "no kernel of this kind in the table"
+    offenders = [f"{r['kernel']} {r['form']} {r['config']} {r['dtype']} {r['layout']} {r['epilogue']} {r['shape']}"
+                 for r in rows if bad(r)]
+    assert not offenders, f"{len(offenders)} kernels: " + "; ".join(offenders)
 
 
 def _widths(counts):
@@ -61,44 +64,44 @@ def test_every_kernel_is_compiled(rows):
 
 
 def test_shared_memory_fits_an_sm90_block(rows):
-    assert not _offenders(rows, lambda r: r["selectable"] and r["shared"] > SMEM_BYTES)
+    _assert_none(rows, lambda r: r["selectable"] and r["shared"] > SMEM_BYTES)
 
 
 def test_the_pruner_estimate_bounds_the_gemm_shared_memory(rows):
     """early_config_prune admits a config by pipeline_smem: it must not undercount."""
     gemm = [r for r in rows if r["kernel"] == "_conv1x1_kernel"]
-    assert gemm and not _offenders(gemm, lambda r: r["shared"] > r["smem_estimate"])
+    _assert_none(gemm, lambda r: r["shared"] > r["smem_estimate"])
 
 
 def test_no_spills(rows):
     """Every selectable config in every dtype: fp16, bf16, TF32 and IEEE fp32 (its FMA tiles
     were chosen for this; float64 is gradcheck-only and not compiled)."""
-    assert not _offenders(rows, lambda r: r["selectable"] and r["spill_stores"] + r["spill_loads"] > 0)
+    _assert_none(rows, lambda r: r["selectable"] and r["spill_stores"] + r["spill_loads"] > 0)
 
 
 def test_wgmma_in_every_16bit_and_tf32_gemm(rows):
     gemms = [r for r in rows if r["kernel"] in GEMMS and r["dtype"] in ("bf16", "fp16", "tf32")]
-    assert gemms and not _offenders(gemms, lambda r: r["wgmma"] == 0 or r["mma_sync"] > 0)
+    _assert_none(gemms, lambda r: r["wgmma"] == 0 or r["mma_sync"] > 0)
 
 
 def test_16_byte_stores_on_aligned_nhwc_outputs(rows):
     """Cout % 8 == 0 (24, 40: EfficientNet, GoogLeNet 4b) as well as % 16."""
     aligned = [r for r in rows if r["kernel"] in EPILOGUES and r["layout"] == "nhwc" and r["align"] >= 8]
-    assert aligned and not _offenders(aligned, lambda r: _widths(r["st"]) != {16})
+    _assert_none(aligned, lambda r: _widths(r["st"]) != {16})
 
 
 def test_no_scalar_loads_in_the_nhwc_mainloop(rows):
     """Inside loops (the K loop): loads and cp.async copies of 8 bytes or more (16 where a
     thread's share of the tile allows: a 16 x 32 bf16 weight tile gives 128 threads 8 B each)."""
     loops = [r for r in rows if r["kernel"] in GEMMS and r["layout"] == "nhwc" and r["align"] >= 8]
-    assert loops and not _offenders(loops, lambda r: min(_widths(r["loop_ld"]) | _widths(r["cp_async"]) | {16}) < 8)
+    _assert_none(loops, lambda r: min(_widths(r["loop_ld"]) | _widths(r["cp_async"]) | {16}) < 8)
 
 
 def test_16_byte_vectors_in_pools_and_the_residual_add(rows):
     aligned = [r for r in rows if r["form"] in MEMORY_BOUND and r["layout"] == "nhwc" and r["align"] >= 8]
-    assert aligned and not _offenders(aligned, lambda r: _widths(r["ld"]) | _widths(r["st"]) != {16})
+    _assert_none(aligned, lambda r: _widths(r["ld"]) | _widths(r["st"]) != {16})
 
 
 def test_no_atomics(rows):
     """Split-K and the bias gradient add in a fixed order: the same bits every run."""
-    assert not _offenders(rows, lambda r: r["atomics"] > 0)
+    _assert_none(rows, lambda r: r["atomics"] > 0)
