@@ -263,6 +263,12 @@ def _band(stride):
     return 8 if stride == 1 else 4
 
 
+# The argmax pass (the max pool's backward) keeps a winner index beside each value: strided, it
+# takes 2-row bands, 2.5 reads per row (4 rows spilled 4 B in Triton 3.6's ptxas at some
+# shapes; fastconv.static).
+ARGMAX_BAND = 2
+
+
 BACKWARD_BAND = 4  # input-gradient rows of a backward tile (a power of 2): shares the column math
 
 
@@ -290,7 +296,8 @@ def pool_forward(x, out, idx, geometry, is_max):
     N, C, H, W = x.shape
     OH, OW = out.shape[2:]
     unit = _unit(x)
-    block_rows, block_cols, block_c, num_warps = _tiles(C, OH, OW, unit, _band(sh), x.element_size())
+    band = ARGMAX_BAND if idx is not None and sh > 1 else _band(sh)
+    block_rows, block_cols, block_c, num_warps = _tiles(C, OH, OW, unit, band, x.element_size())
     n_bands, n_strips = cdiv(OH, block_rows), cdiv(OW, block_cols)
     grid = (N * n_bands * n_strips, cdiv(C, block_c))  # axis 1 is limited to 65535
     with on_device(x):
