@@ -135,7 +135,7 @@ def _split_gemm_kernel(
             _store_columns(o2_ptr, n, h, w, s2_n, s2_c, s2_h, s2_w, out, cols, row_ok, END1, COUT, N_VEC)
 
 
-def _config(m, cout, cin, dtype, pool, num_out):
+def _config(m, cout, cin, dtype, pool, num_out, pixel_vectors=True):
     """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). As the plain 1x1 conv:
     128 pixel rows feed the tensor cores, BLOCK_K=32 keeps 3 stages in shared memory. One
     output: up to 128 columns per tile (a pool projection's 32..128 in one tile, the pool
@@ -144,12 +144,14 @@ def _config(m, cout, cin, dtype, pool, num_out):
     128x64 one (224 registers). The pooled load stages its 9 neighbour tiles through shared
     memory (cp.async), so it gets 2 stages of BLOCK_K 16: 9 x 128 x 16 per stage, 43 KB in
     bf16 and 90 KB in fp32 where BLOCK_K 32 took 90 KB and 180 KB (and spilled in TF32).
-    float64 (gradcheck only) multiplies through a [M, K, N] product: small tiles."""
+    Without pixel_vectors (NCHW or strided x: scalar loads, each with its own address) 64 pixel
+    rows: 128 spilled. float64 (gradcheck only) multiplies through a [M, K, N] product: small
+    tiles."""
     if dtype == torch.float64:
         return 32, 32, 8, 8, 4, 1
     block_n = min(max(next_power_of_2(cout), 16), 128 if num_out == 1 else 64)
     block_k = min(max(next_power_of_2(cin), 16), 16 if pool else 32)
-    block_m = 128 if m >= 128 else 64
+    block_m = 128 if m >= 128 and pixel_vectors else 64
     return block_m, block_n, block_k, 8, 8 if block_m * block_n >= 8192 else 4, 2 if pool else 3
 
 
@@ -165,7 +167,7 @@ def conv1x1_split(x, weight, bias, outs, pool, tf32):
     ends = [o.shape[1] for o in outs]
     ends = [sum(ends[:i + 1]) for i in range(len(ends))] + [COUT] * (MAX_OUTPUTS - len(ends))
     padded = list(outs) + [outs[0]] * (MAX_OUTPUTS - len(outs))  # unused pointers: never stored
-    bm, bn, bk, group_m, warps, stages = _config(M, COUT, CIN, x.dtype, pool, len(outs))
+    bm, bn, bk, group_m, warps, stages = _config(M, COUT, CIN, x.dtype, pool, len(outs), x.stride(1) == 1)
     grid = (cdiv(M, bm) * cdiv(COUT, bn),)
     with on_device(x):
         _split_gemm_kernel[grid](

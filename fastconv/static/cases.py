@@ -203,7 +203,8 @@ def full(arch=90):
                 cases.append(inception(dtype, True, (8, s[0], s[1], s[1]), block=s[2] + 256, proj=s[2]))
     for layout in ("nchw", "strided"):
         cases += [conv("bf16", layout=layout), conv("tf32", layout=layout), pool("bf16", "max", 3, 2, layout=layout),
-                  pool("bf16", "max bwd", 3, 2, layout=layout), inception("bf16", True, layout=layout)]
+                  pool("bf16", "max bwd", 3, 2, layout=layout), inception("bf16", True, layout=layout),
+                  inception("bf16", False, layout=layout)]
     cases += [binary("bf16", BINARY_ADD_RELU, layouts=("nhwc", "nchw")), binary("bf16", BINARY_ADD_RELU,
                                                                            layouts=("nchw", "nchw"))]
     cases += [conv("bf16", cout=17), pool("bf16", "max", 3, 2, (8, 17, 28, 28)), conv("fp64", residual=False)]
