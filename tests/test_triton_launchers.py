@@ -11,8 +11,8 @@ import torch
 
 import fastconv
 from fastconv import reference
-from fastconv._triton import elementwise, pool_conv1x1, pool_same, utils
 from fastconv._launcher_contract import BINARY_ADD_RELU
+from fastconv._triton import elementwise, pool_conv1x1, pool_same, utils
 from fastconv.ops.pool_same import same_geometry
 from tests.conftest import DEVICE, HAS_CUDA, assert_close, gpu, make_input
 

@@ -118,7 +118,9 @@ def test_auto_sends_nchw_pixel_gemms_to_cudnn(table, monkeypatch):
     nchw = table[:1] + (4096,) + table[2:7] + ("nchw",)  # not in the table
     assert _backend.resolve(CUDA0, "conv1x1_relu", key=nchw) == "torch"
     assert _backend.resolve(CUDA0, "conv1x1_relu", key=nchw[:7] + ("nhwc",)) == "triton"
-    assert _backend.resolve(CUDA0, "conv1x1_relu_split", key=("bf16", 4096, 192, 176, True, "nchw")) == "torch"
+    split = _tuning.split_key(make_input((16, 192, 16, 16), torch.float16, "nchw"), torch.randn(176, 192), True)
+    assert split == ("fp16", 4096, 192, 176, True, "nchw")
+    assert _backend.resolve(CUDA0, "conv1x1_relu_split", key=split) == "torch"
     assert _backend.resolve(CUDA0, "residual_add", key=("bf16", 64, 256, 14, 14, "nchw")) == "triton"
     monkeypatch.setattr(_backend, "get_backend", lambda: "auto")
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: CUDA0))

@@ -61,7 +61,7 @@ def split_key(x, weight, pool):
     projection); as conv_key, it ends with the input layout."""
     shape = x.shape
     N, C, H, W = shape
-    dtype = DTYPES[x.dtype]
+    dtype = DTYPE_NAMES[x.dtype]
     if dtype == "fp32" and torch._C._get_cudnn_allow_tf32():
         dtype = "tf32"
     return (dtype, _pow2(N * H * W), C, weight.shape[0], bool(pool), _layout(shape, x.stride()))

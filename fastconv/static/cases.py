@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fastconv import _checks, _tuning
-from fastconv._triton import elementwise, pool_conv1x1, pool_same
 from fastconv._launcher_contract import BINARY_ADD, BINARY_ADD_RELU, BINARY_RELU_GRAD
+from fastconv._triton import elementwise, pool_conv1x1, pool_same
 from fastconv.ops.pool_same import same_geometry
 
 tconv = importlib.import_module("fastconv._triton.conv1x1")  # the package exports a function of that name

@@ -130,7 +130,8 @@ def private_cache():
 # --- what the compiled code does -----------------------------------------------------------------
 
 _WIDTH = re.compile(r"\.(?:b|u|s|f)(8|16|32|64)$")
-_CP_ASYNC = re.compile(r"cp\.async\.c[ag]\.\S+\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(0x[0-9a-f]+|\d+)")  # its last operand: bytes
+# a cp.async's bytes: its third operand (0x10 = 16)
+_CP_ASYNC = re.compile(r"cp\.async\.c[ag]\.\S+\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(0x[0-9a-f]+|\d+)")
 _GLOBAL = re.compile(r"^\s*(?:@!?%p\d+\s+)?(ld|st)\.global((?:\.[\w:]+)+)\s")
 
 
