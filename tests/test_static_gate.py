@@ -68,8 +68,9 @@ def test_shared_memory_fits_an_sm90_block(rows):
 
 
 def test_the_pruner_estimate_bounds_the_gemm_shared_memory(rows):
-    """early_config_prune admits a config by pipeline_smem: it must not undercount."""
-    gemm = [r for r in rows if r["kernel"] == "_conv1x1_kernel"]
+    """early_config_prune admits a config by pipeline_smem: it must not undercount (float64 is
+    the rule's only, never pruned: gradcheck)."""
+    gemm = [r for r in rows if r["kernel"] == "_conv1x1_kernel" and r["dtype"] != "fp64"]
     _assert_none(gemm, lambda r: r["shared"] > r["smem_estimate"])
 
 

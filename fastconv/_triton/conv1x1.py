@@ -14,8 +14,8 @@ Roles (as flash-attention's hopper kernels name them):
              pointers. IEEE float32 (an FMA dot) never uses TMA: it spilled there.
   epilogue   `_epilogue`: bias, residual, ReLU on the fp32 accumulator, one rounding, one
              store along channels (16-byte vectors for NHWC when Cout is a multiple of 8:
-             N_VEC). A residual with 128 accumulators per thread is added one column half at
-             a time (the whole tile spilled). With split-K the partial sums go to an fp32
+             N_VEC). With 128 accumulators per thread it runs one column half at a time (the
+             whole tile spilled). With split-K the partial sums go to an fp32
              workspace and `_splitk_epilogue_kernel` adds them in a fixed order
              (deterministic) before the same epilogue.
 Offsets are int32 unless a tensor spans 2**31 elements (INDEX_64): int64 offsets for every
@@ -227,8 +227,8 @@ def _conv1x1_kernel(x_ptr, x_desc, w_ptr, w_desc, b_ptr, r_ptr, out_ptr, part_pt
                     # addressing: 64-bit offsets; K_VEC / N_VEC: the K (input channel) and N (output
                     # channel) axes in whole 16-byte vectors of elements (1: no such promise)
                     INDEX_64: tl.constexpr, K_VEC: tl.constexpr, N_VEC: tl.constexpr,
-                    # epilogue in two column halves (128 accumulators per thread and a residual
-                    # tile did not fit in 255 registers at once)
+                    # epilogue in two column halves (with 128 accumulators per thread the whole
+                    # tile's reached 255 registers and spilled, with a residual or in Triton 3.6)
                     EPILOGUE_HALVES: tl.constexpr,
                     # tiles; PARTIAL: split-K (store fp32 partial sums)
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -273,7 +273,7 @@ def _conv1x1_kernel(x_ptr, x_desc, w_ptr, w_desc, b_ptr, r_ptr, out_ptr, part_pt
         cout = _whole(COUT, N_VEC)
         offs = tl.program_id(1).to(rows.dtype) * M * cout + rows[:, None] * cout + cols[None, :]
         tl.store(part_ptr + offs, acc, mask=row_ok[:, None] & (cols < cout)[None, :])
-    elif EPILOGUE_HALVES:  # one half of the columns at a time: half the residual tile in registers
+    elif EPILOGUE_HALVES:  # one half of the columns at a time: half the addresses and residual live
         halves = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
         _epilogue(halves[0], rows, cols, M, COUT, OH, OW, b_ptr, r_ptr, out_ptr, so_n, so_c, so_h, so_w,
@@ -384,7 +384,7 @@ def launch(x, weight, bias, out, stride, relu, tf32, residual, config, use_tma=T
                               *x.stride(), *w2d.stride(), *out.stride(), *res.stride(),
                               PRECISION=precision, USE_DOT=x.dtype != torch.float64,
                               LOAD=(LOAD_TMA if descs else LOAD_POINTERS).value, K_VEC=k_vec,
-                              EPILOGUE_HALVES=residual is not None and acc_per_thread >= 128,
+                              EPILOGUE_HALVES=acc_per_thread >= 128,
                               BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m,
                               PARTIAL=split_k > 1, num_warps=c.num_warps, num_stages=c.num_stages, **flags)
         if split_k > 1:  # 64x64 tiles: 16 KB of fp32 partials per split, enough programs to fill the GPU
