@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # A change to any of these reinstalls (the CUDA extension is built at install time).
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*)
 
-.PHONY: demo test clean resource-usage sass
+.PHONY: demo test clean resource-usage sass static
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ sass:
 	  sed -E -e 's/\(anonymous namespace\):://g' -e 's/fastconv:://g' -e 's/\(.*//' \
 	    -e 's/GemmConfig<(.*)>, GroupedTileScheduler.*/\1>/' -e 's/, /,/g' -e 's/> >/>>/' | \
 	  awk 'BEGIN { print "HMMA LDSM LDGSTS STG.128 LDL/STL kernel" } { print }' | column -t
+
+# The static gate's full sweep (tests/test_static_gate.py runs the everyday set): every Triton
+# kernel compiled for sm_90 here, no GPU, with this Triton and the GPU machine's (downloaded once).
+STATIC_OUT ?= build/static
+static: $(VENV)/.installed-test
+	$(BIN)/python -m fastconv.static --full --out $(STATIC_OUT)
+	$(BIN)/python -m fastconv.static --full --out $(STATIC_OUT) --triton 3.6.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastconv/_C*.so
