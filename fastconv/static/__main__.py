@@ -45,6 +45,12 @@ def _rerun_with(version, argv):
     return subprocess.run([sys.executable, "-m", "fastconv.static", *argv], env=env).returncode
 
 
+def dump(meta, rows):
+    """The table as JSON, one row per line (readable diffs between two runs)."""
+    head = json.dumps(meta)[:-1]
+    return head + ', "rows": [\n' + ",\n".join(json.dumps(r) for r in rows) + "\n]}\n"
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m fastconv.static", description=__doc__.split("\n\n")[0])
@@ -87,7 +93,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"static-sm{args.arch}-triton{meta['triton']}" + ("-full" if args.full else "")
     (args.out / f"{stem}.md").write_text(table)
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows), indent=0) + "\n")
+    (args.out / f"{stem}.json").write_text(dump(meta, rows))
     print(f"{len(rows)} kernels -> {args.out / stem}.{{md,json}}", file=sys.stderr)
     return 0
 
