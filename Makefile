@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # A change to any of these reinstalls (the CUDA extension is built at install time).
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*)
 
-.PHONY: demo test clean resource-usage sass wheel test-wheel
+.PHONY: demo test clean resource-usage sass wheel test-wheel static
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ wheel: $(BUILD_VENV)/.installed
 
 test-wheel: wheel
 	PYTHON=$(PYTHON) BUILD_PYTHON=$(BUILD_VENV)/bin/python bash tests/test_wheel.sh
+
+# The static gate's full sweep (tests/test_static_gate.py runs the everyday set): every Triton
+# kernel compiled for sm_90 here, no GPU, with this Triton and the GPU machine's (downloaded once).
+STATIC_OUT ?= build/static
+static: $(VENV)/.installed-test
+	$(BIN)/python -m fastconv.static --full --out $(STATIC_OUT)
+	$(BIN)/python -m fastconv.static --full --out $(STATIC_OUT) --triton 3.6.0
 
 clean:
 	rm -rf $(VENV) $(BUILD_VENV) build dist *.egg-info fastconv/_C*.so

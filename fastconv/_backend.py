@@ -12,12 +12,13 @@ never silently falls back to another.
 """
 import contextlib
 import functools
-import os
 import threading
 
 import torch
 
 from fastconv import _tuning
+from fastconv._launcher_contract import BINARY_ADD, BINARY_ADD_RELU, BINARY_RELU_GRAD  # noqa: F401 (the ops' codes)
+from fastconv._launcher_contract import triton_interpreting as _interpreting
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
 
@@ -28,10 +29,6 @@ class _State(threading.local):
 
 _state = _State()
 _default = "auto"
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.cache  # cannot change within a process; resolve() asks on every call
@@ -105,10 +102,6 @@ def _check_name(name):
 CUDA_PREFERRED_OPS = frozenset()
 
 
-# The `op` codes of the launchers' binary(a, b, out, op) (csrc/fastconv.h's BinaryOp).
-BINARY_ADD, BINARY_ADD_RELU, BINARY_RELU_GRAD = 0, 1, 2
-
-
 def launchers(name: str):
     """The module of kernel launchers of backend "triton" or "cuda" (same names and
     signatures: binary, conv1x1, relu_grad_bias, pool_forward, pool_backward)."""
@@ -119,19 +112,38 @@ def launchers(name: str):
     return _cuda
 
 
+# Ops that are a GEMM over pixels. On an NCHW input a pixel's channels are H*W apart and a
+# row of pixels is broken at every image row, so the Triton kernels read and write each element
+# alone (scalar accesses, see fastconv.static's table); cuDNN transposes or has NCHW kernels.
+PIXEL_GEMM_OPS = frozenset({"conv1x1_relu", "conv1x1_relu_split"})
+
+
+def rule(device: torch.device, op: str, key=None):
+    """(backend, why) where the tuning table has no entry: the rule. `key`: the call's shape
+    class (a pixel GEMM's ends with its input layout, fastconv._tuning)."""
+    if device.type != "cuda":
+        return "torch", "rule: tensors not on a CUDA device run the torch compositions"
+    if op in PIXEL_GEMM_OPS and key is not None and key[-1] == "nchw":
+        return "torch", ("rule: an NCHW input runs cuDNN (the Triton GEMM is pixel-major: NCHW pixels "
+                         "give it scalar loads and stores; channels_last runs Triton)")
+    if op in CUDA_PREFERRED_OPS and _cuda_problem() is None:
+        return "cuda", "rule: no tuning-table entry; CUDA C++ was measured faster for this op (CUDA_PREFERRED_OPS)"
+    return "triton", "rule: no tuning-table entry for this shape class; Triton runs CUDA tensors"
+
+
 def auto_choice(device: torch.device, op: str, key=None):
     """(backend, table entry or None) that "auto" picks for `op` on `device` at shape class
     `key` (or a function returning it, called only here, so CPU calls never compute it): the
     measured table's entry (fastconv._tuning), else the rule (entry None)."""
     if device.type != "cuda":
         return "torch", None
+    if callable(key):
+        key = key()
     if key is not None:
-        entry = _tuning.lookup(device, op, key() if callable(key) else key)
+        entry = _tuning.lookup(device, op, key)
         if entry is not None and (entry["backend"] != "cuda" or _cuda_problem() is None):
             return entry["backend"], entry
-    if op in CUDA_PREFERRED_OPS and _cuda_problem() is None:
-        return "cuda", None
-    return "triton", None
+    return rule(device, op, key)[0], None
 
 
 def resolve(device: torch.device, op: str, key=None) -> str:

@@ -199,8 +199,8 @@ def main(argv=None):
                 p.error(f"{flag} does not apply to --dry-run (it runs fp32 at batch 2 in the interpreter)")
         if on_gpu:
             p.error("--dry-run is the CPU check of the tuner; on a GPU, run --quick")
-        from fastconv._backend import _interpreting
-        if not _interpreting():
+        from fastconv._launcher_contract import triton_interpreting
+        if not triton_interpreting():
             p.error("--dry-run runs the Triton kernels in the interpreter: set TRITON_INTERPRET=1")
         specs = list(dict.fromkeys(_tiny(s) for s in KEY_SHAPES))
         dtypes, batch, device, mode, budget = ["fp32"], 2, "cpu", "dry-run", args.budget_s

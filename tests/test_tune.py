@@ -126,3 +126,70 @@ def test_quick_tune_on_a_gpu(tmp_path):
     assert table["conv1x1_relu"]
     for e in table["conv1x1_relu"].values():
         assert (e["config"] is not None) == (e["backend"] == "triton")
+
+
+def test_auto_sends_nchw_pixel_gemms_to_cudnn(table, monkeypatch):
+    """The rule: an NCHW input gives the pixel-major Triton GEMM scalar accesses (the static
+    gate's table), so "auto" runs cuDNN for it, and explain says why."""
+    nchw = table[:1] + (4096,) + table[2:7] + ("nchw",)  # not in the table
+    assert _backend.resolve(CUDA0, "conv1x1_relu", key=nchw) == "torch"
+    assert _backend.resolve(CUDA0, "conv1x1_relu", key=nchw[:7] + ("nhwc",)) == "triton"
+    split = _tuning.split_key(make_input((16, 192, 16, 16), torch.float16, "nchw"), torch.randn(176, 192), True)
+    assert split == ("fp16", 4096, 192, 176, True, "nchw")
+    assert _backend.resolve(CUDA0, "conv1x1_relu_split", key=split) == "torch"
+    assert _backend.resolve(CUDA0, "residual_add", key=("bf16", 64, 256, 14, 14, "nchw")) == "triton"
+    monkeypatch.setattr(_backend, "get_backend", lambda: "auto")
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: CUDA0))
+    x, w = torch.empty(8, 256, 14, 14, device="meta"), torch.empty(64, 256, 1, 1, device="meta")
+    info = fastconv.explain("conv1x1_relu", x, w)
+    assert info["backend"] == "torch" and "NCHW" in info["why"]
+
+
+@pytest.fixture
+def gpu_path(monkeypatch):
+    """choose_config's GPU branch on the CPU: CUDA-looking meta tensors, an empty table."""
+    import importlib
+    tconv = importlib.import_module("fastconv._triton.conv1x1")
+    monkeypatch.setattr(tconv, "_INTERPRETING", False)
+    monkeypatch.setattr(tconv, "AUTOTUNE_ON_FIRST_USE", True)
+    monkeypatch.setattr(tconv, "_tuned", {})
+    monkeypatch.setitem(_tuning._tables, 0, {})
+    monkeypatch.setattr(_tuning, "arch", lambda device: "sm90")
+    nhwc = torch.channels_last
+    x = torch.empty(64, 256, 14, 14, device="meta", dtype=torch.bfloat16, memory_format=nhwc)
+    w = torch.empty(128, 256, 1, 1, device="meta", dtype=torch.bfloat16)
+    out = torch.empty(64, 128, 14, 14, device="meta", dtype=torch.bfloat16, memory_format=nhwc)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: CUDA0))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # no CUDA here to ask
+    return tconv, x, w, out
+
+
+@pytest.mark.parametrize("inside", ["capture", "compile"])
+def test_a_first_call_under_capture_or_compile_fixes_the_rule(gpu_path, monkeypatch, inside):
+    """No timing inside a CUDA-graph capture or torch.compile, and the eager calls after it run
+    the kernel the graph captured: one config per shape class and process."""
+    tconv, x, w, out = gpu_path
+    monkeypatch.setattr(tconv, "autotune", lambda *a, **k: pytest.fail("tuned inside a capture"))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: inside == "capture")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: inside == "compile")
+    config, why = tconv.choose_config(x, w, out, 1, True, None)
+    assert config == tconv.heuristic_config(64 * 196, 128, 256, torch.bfloat16) and "capture" in why
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert tconv.choose_config(x[:48], w, out[:48], 1, True, None) == (config, "tuned in this process")
+
+
+def test_tuned_configs_persist_on_disk(gpu_path, monkeypatch, tmp_path):
+    """FASTCONV_TUNED_CACHE: what one process tuned, the next one runs without tuning."""
+    tconv, x, w, out = gpu_path
+    best = tconv.GemmConfig(64, 128, 64, 8, 1, 4, 4)
+    monkeypatch.setattr(tconv, "TUNED_CACHE", str(tmp_path / "tuned.json"))
+    monkeypatch.setattr(tconv, "_on_disk", None)
+    monkeypatch.setattr(tconv, "autotune", lambda *a, **k: (best, {}))
+    assert tconv.choose_config(x, w, out, 1, True, None) == (best, "tuned in this process")
+    monkeypatch.setattr(tconv, "_tuned", {})  # a new process
+    monkeypatch.setattr(tconv, "_on_disk", None)
+    monkeypatch.setattr(tconv, "autotune", lambda *a, **k: pytest.fail("tuned again"))
+    assert tconv.choose_config(x[:48], w, out[:48], 1, True, None) == (best, "tuned in this process")
+    nchw = x.contiguous()  # NCHW: the rule, never tuned (auto runs cuDNN)
+    assert tconv.choose_config(nchw, w, out.contiguous(), 1, True, None)[1].startswith("rule (not tuned")

@@ -10,17 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from fastconv import _backend
+from fastconv import _launcher_contract as contract
+from fastconv._triton.utils import acc_type, cdiv, on_device
 
-# The op of _binary_kernel: fastconv._backend's BINARY_* codes, named for the kernel.
-ADD: tl.constexpr = tl.constexpr(_backend.BINARY_ADD)
-ADD_RELU: tl.constexpr = tl.constexpr(_backend.BINARY_ADD_RELU)
-RELU_GRAD: tl.constexpr = tl.constexpr(_backend.BINARY_RELU_GRAD)
-
-
-def acc_type(t):
-    """Arithmetic dtype of the kernels: fp32 (fp64 for float64 tensors, so gradcheck can run)."""
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
+# The op of _binary_kernel: the launchers' BINARY_* codes, named for the kernel.
+ADD: tl.constexpr = tl.constexpr(contract.BINARY_ADD)
+ADD_RELU: tl.constexpr = tl.constexpr(contract.BINARY_ADD_RELU)
+RELU_GRAD: tl.constexpr = tl.constexpr(contract.BINARY_RELU_GRAD)
 
 
 @triton.jit
@@ -93,7 +89,7 @@ def _block(numel, element_size, device):
     min_programs = MIN_WAVES * RESIDENT * _sm_count(device)
     for per_thread in (2, 1):
         block = vec * per_thread * 32 * NUM_WARPS
-        if triton.cdiv(numel, block) >= min_programs:
+        if cdiv(numel, block) >= min_programs:
             break
     return block
 
@@ -107,8 +103,9 @@ def binary(a, b, out, op):
     channels_last = not out.is_contiguous()
     dense = a.stride() == out.stride() and b.stride() == out.stride()
     block = _block(numel, out.element_size(), out.device)
-    grid = (triton.cdiv(numel, block),)
-    _binary_kernel[grid](a, b, out, numel, C, H, W, *a.stride(), *b.stride(),
-                         OP=op, DENSE=dense, CHANNELS_LAST=channels_last,
-                         ACC=acc_type(out), BLOCK=block, num_warps=NUM_WARPS)
+    grid = (cdiv(numel, block),)
+    with on_device(out):
+        _binary_kernel[grid](a, b, out, numel, C, H, W, *a.stride(), *b.stride(),
+                             OP=op, DENSE=dense, CHANNELS_LAST=channels_last,
+                             ACC=acc_type(out), BLOCK=block, num_warps=NUM_WARPS)
     return out

@@ -29,8 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastconv._triton.conv1x1 import _tile_coords
-from fastconv._triton.elementwise import acc_type
+from fastconv._triton.conv1x1 import _tile_coords, _whole
+from fastconv._triton.utils import (INT32_LIMIT, acc_type, cdiv, dot_precision, needs_int64, next_power_of_2,
+                                    on_device, vector)
 
 # How the GEMM's A tile is loaded (a named constexpr mode).
 A_PLAIN = tl.constexpr(0)   # x itself
@@ -63,11 +64,13 @@ def _load_a(x_ptr, n, h, w, ks, row_ok, k_ok, H, W, sx_n, sx_c, sx_h, sx_w,
 
 
 @triton.jit
-def _store_columns(o_ptr, n, h, w, so_n, so_c, so_h, so_w, acc, cols, row_ok, lo, hi):
-    """Store the (rounded) accumulator's columns [lo, hi) as channels 0.. of o (any strides)."""
+def _store_columns(o_ptr, n, h, w, so_n, so_c, so_h, so_w, acc, cols, row_ok, lo, hi, N_VEC: tl.constexpr):
+    """Store the (rounded) accumulator's columns [lo, hi) as channels 0.. of o (any strides;
+    N_VEC > 1: lo, hi and o's pixel rows are whole 16-byte vectors)."""
+    lo, hi = _whole(lo, N_VEC), _whole(hi, N_VEC)
     mask = row_ok[:, None] & ((cols >= lo) & (cols < hi))[None, :]
-    tl.store(o_ptr + (n * so_n + h * so_h + w * so_w)[:, None] + (cols - lo)[None, :] * so_c,
-             acc, mask=mask)
+    o_rows = n * _whole(so_n, N_VEC) + h * _whole(so_h, N_VEC) + w * _whole(so_w, N_VEC)
+    tl.store(o_ptr + o_rows[:, None] + (cols - lo)[None, :] * so_c, acc, mask=mask)
 
 
 @triton.jit
@@ -82,6 +85,7 @@ def _split_gemm_kernel(
         s0_n, s0_c, s0_h, s0_w, s1_n, s1_c, s1_h, s1_w, s2_n, s2_c, s2_h, s2_w,
         # meta-parameters
         A_LOAD: tl.constexpr, NUM_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
+        N_VEC: tl.constexpr,
         PRECISION: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Scheduler: the 1x1 conv's grouped program order (weight column tiles stay hot in L2).
@@ -122,45 +126,33 @@ def _split_gemm_kernel(
     first_col = pid_n * BLOCK_N
     out = acc.to(o0_ptr.dtype.element_ty)
     if first_col < END0:
-        _store_columns(o0_ptr, n, h, w, s0_n, s0_c, s0_h, s0_w, out, cols, row_ok, 0, END0)
+        _store_columns(o0_ptr, n, h, w, s0_n, s0_c, s0_h, s0_w, out, cols, row_ok, 0, END0, N_VEC)
     if NUM_OUT > 1:
         if (first_col < END1) & (first_col + BLOCK_N > END0):
-            _store_columns(o1_ptr, n, h, w, s1_n, s1_c, s1_h, s1_w, out, cols, row_ok, END0, END1)
+            _store_columns(o1_ptr, n, h, w, s1_n, s1_c, s1_h, s1_w, out, cols, row_ok, END0, END1, N_VEC)
     if NUM_OUT > 2:
         if first_col + BLOCK_N > END1:
-            _store_columns(o2_ptr, n, h, w, s2_n, s2_c, s2_h, s2_w, out, cols, row_ok, END1, COUT)
+            _store_columns(o2_ptr, n, h, w, s2_n, s2_c, s2_h, s2_w, out, cols, row_ok, END1, COUT, N_VEC)
 
 
-INT32_LIMIT = 2 ** 31  # offsets at or past this need 64-bit address arithmetic
-
-
-def _config(m, cout, cin, dtype, pool, num_out):
+def _config(m, cout, cin, dtype, pool, num_out, pixel_vectors=True):
     """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). As the plain 1x1 conv:
-    128 pixel rows feed the tensor cores, BLOCK_K=32 keeps 3 stages in shared memory, and
-    the pooled load (9 neighbour tiles in flight) gets 2. One output: up to 128 columns
-    per tile (a pool projection's 32..128 in one tile, the pool computed once). Several
-    outputs: 64 columns, since ptxas (sm_90, bf16, 8 warps, int32 offsets) spills the
-    three masked stores of a 128x128 tile (~650 B/thread) but not of a 128x64 one (224
-    registers). float64 (gradcheck only) multiplies through a [M, K, N] product: small tiles."""
+    128 pixel rows feed the tensor cores, BLOCK_K=32 keeps 3 stages in shared memory. One
+    output: up to 128 columns per tile (a pool projection's 32..128 in one tile, the pool
+    computed once). Several outputs: 64 columns, since ptxas (sm_90, bf16, 8 warps, int32
+    offsets) spills the three masked stores of a 128x128 tile (~650 B/thread) but not of a
+    128x64 one (224 registers). The pooled load stages its 9 neighbour tiles through shared
+    memory (cp.async), so it gets 2 stages of BLOCK_K 16: 9 x 128 x 16 per stage, 43 KB in
+    bf16 and 90 KB in fp32 where BLOCK_K 32 took 90 KB and 180 KB (and spilled in TF32).
+    Without pixel_vectors (NCHW or strided x: scalar loads, each with its own address) 64 pixel
+    rows: 128 spilled. float64 (gradcheck only) multiplies through a [M, K, N] product: small
+    tiles."""
     if dtype == torch.float64:
         return 32, 32, 8, 8, 4, 1
-    block_n = min(max(triton.next_power_of_2(cout), 16), 128 if num_out == 1 else 64)
-    block_k = min(max(triton.next_power_of_2(cin), 16), 32)
-    block_m = 128 if m >= 128 else 64
+    block_n = min(max(next_power_of_2(cout), 16), 128 if num_out == 1 else 64)
+    block_k = min(max(next_power_of_2(cin), 16), 16 if pool else 32)
+    block_m = 128 if m >= 128 and pixel_vectors else 64
     return block_m, block_n, block_k, 8, 8 if block_m * block_n >= 8192 else 4, 2 if pool else 3
-
-
-def _needs_int64(tensors):
-    """Whether an element of these views lies INT32_LIMIT or more elements past its base."""
-    return any(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= INT32_LIMIT
-               for t in tensors if t.numel())
-
-
-def _precision(dtype, tf32):
-    """tl.dot's input precision: TF32 or IEEE for float32, IEEE for float64, native for 16-bit."""
-    if dtype == torch.float32:
-        return "tf32" if tf32 else "ieee"
-    return "ieee" if dtype == torch.float64 else None
 
 
 def conv1x1_split(x, weight, bias, outs, pool, tf32):
@@ -175,14 +167,15 @@ def conv1x1_split(x, weight, bias, outs, pool, tf32):
     ends = [o.shape[1] for o in outs]
     ends = [sum(ends[:i + 1]) for i in range(len(ends))] + [COUT] * (MAX_OUTPUTS - len(ends))
     padded = list(outs) + [outs[0]] * (MAX_OUTPUTS - len(outs))  # unused pointers: never stored
-    bm, bn, bk, group_m, warps, stages = _config(M, COUT, CIN, x.dtype, pool, len(outs))
-    grid = (triton.cdiv(M, bm) * triton.cdiv(COUT, bn),)
-    _split_gemm_kernel[grid](
-        x, w2d, bias if bias is not None else w2d, *padded,
-        M, COUT, CIN, H, W, ends[0], ends[1],
-        *x.stride(), *w2d.stride(), *(s for o in padded for s in o.stride()),
-        A_LOAD=A_MAX3X3 if pool else A_PLAIN, NUM_OUT=len(outs), HAS_BIAS=bias is not None,
-        INDEX_64=M >= INT32_LIMIT or _needs_int64([x, *outs]),
-        PRECISION=_precision(x.dtype, tf32), ACC=acc_type(x), USE_DOT=x.dtype != torch.float64,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, num_warps=warps, num_stages=stages)
+    bm, bn, bk, group_m, warps, stages = _config(M, COUT, CIN, x.dtype, pool, len(outs), x.stride(1) == 1)
+    grid = (cdiv(M, bm) * cdiv(COUT, bn),)
+    with on_device(x):
+        _split_gemm_kernel[grid](
+            x, w2d, bias if bias is not None else w2d, *padded,
+            M, COUT, CIN, H, W, ends[0], ends[1],
+            *x.stride(), *w2d.stride(), *(s for o in padded for s in o.stride()),
+            A_LOAD=A_MAX3X3 if pool else A_PLAIN, NUM_OUT=len(outs), HAS_BIAS=bias is not None,
+            INDEX_64=M >= INT32_LIMIT or needs_int64([x, *outs]), N_VEC=min(vector(o, *ends) for o in outs),
+            PRECISION=dot_precision(x.dtype, tf32), ACC=acc_type(x), USE_DOT=x.dtype != torch.float64,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, num_warps=warps, num_stages=stages)
     return outs

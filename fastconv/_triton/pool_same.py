@@ -26,7 +26,7 @@ forward kernel run with an index). Minimum DRAM traffic: 2 B + (2 + 4) / s^2 B.
 import triton
 import triton.language as tl
 
-from fastconv._triton.elementwise import acc_type
+from fastconv._triton.utils import acc_type, cdiv, next_power_of_2, on_device
 
 # Which axis of a tensor has unit stride. The kernels write that stride as the
 # literal 1 (contiguity Triton can prove: vector loads); UNIT_NONE reads through
@@ -47,6 +47,13 @@ def _tile_offsets(col, c, s_col, s_c, UNIT: tl.constexpr):
     else:
         offs = col * s_col + c.to(tl.int64) * s_c
     return offs
+
+
+@triton.jit
+def _real_cells(start, K: tl.constexpr, size):
+    """How many of the K window cells from `start` (negative: in the padding) lie in [0, size):
+    one axis of a SAME average's divisor. At least 1, so masked lanes never divide by 0."""
+    return tl.maximum(tl.minimum(start + K, size) - tl.maximum(start, 0), 1)
 
 
 @triton.jit
@@ -135,10 +142,7 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands, n_strips
                         acc += v
                 oh = oh0 + (i - KH + 1) // SH
                 if not IS_MAX:
-                    h0 = h_top + i - KH + 1
-                    rows = tl.minimum(h0 + KH, H) - tl.maximum(h0, 0)
-                    cols = tl.minimum(w_left + KW, W) - tl.maximum(w_left, 0)
-                    acc = acc / tl.maximum(rows * cols, 1).to(ACC)  # >= 1 real cell; max guards masked lanes
+                    acc = acc / (_real_cells(h_top + i - KH + 1, KH, H) * _real_cells(w_left, KW, W)).to(ACC)
                 out_ok = (oh < OH) & (ow < OW) & c_ok
                 out_offs = n * so_n + oh.to(tl.int64) * so_h + _tile_offsets(
                     ow.to(tl.int64), c, so_w, so_c, OUT_UNIT)
@@ -187,7 +191,7 @@ def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands, n_strips
         if IS_MAX:
             col_pos = col_pos + (w - w0,)
         else:
-            col_pos = col_pos + (tl.maximum(tl.minimum(w0 + KW, W) - tl.maximum(w0, 0), 1),)
+            col_pos = col_pos + (_real_cells(w0, KW, W),)
     oh_last = (h + pad_h) // SH  # the last window row that starts at or above h
     acc = tl.zeros([BLOCK_ROWS, BLOCK_COLS, BLOCK_C], ACC)
     for i in tl.static_range(CAND_H):
@@ -199,7 +203,7 @@ def _pool_bwd_kernel(g_ptr, idx_ptr, gin_ptr, C, H, W, OH, OW, n_bands, n_strips
             i_rows = idx_ptr + n * si_n + oh.to(tl.int64) * si_h
             row_pos = (h - h0) * KW  # the cell's row inside window row oh, as idx counts
         else:
-            real_rows = tl.maximum(tl.minimum(h0 + KH, H) - tl.maximum(h0, 0), 1)  # >= 1: no 0/0
+            real_rows = _real_cells(h0, KH, H)
         for j in tl.static_range(CAND_W):
             hit = row_ok & col_ok[j]
             g = tl.load(g_rows - j * sg_w + g_cols, mask=hit, other=0.0).to(ACC)
@@ -242,12 +246,12 @@ def _tiles(C, rows, cols, unit, band, elem_size):
     if unit == UNIT_C.value:
         widest, vec = MAX_C_BYTES // elem_size, VECTOR // elem_size
         divisors = [b for b in (widest, widest // 2, widest // 4, widest // 8) if b >= vec and C % b == 0]
-        block_c = divisors[0] if divisors else min(widest, triton.next_power_of_2(C))
-        block_cols = min(triton.next_power_of_2(cols), max(1, tile // block_c))
+        block_c = divisors[0] if divisors else min(widest, next_power_of_2(C))
+        block_cols = min(next_power_of_2(cols), max(1, tile // block_c))
     else:
-        block_cols = min(triton.next_power_of_2(cols), MAX_COLS)
-        block_c = min(triton.next_power_of_2(C), max(1, tile // block_cols))
-    block_rows = triton.cdiv(rows, triton.cdiv(rows, band))
+        block_cols = min(next_power_of_2(cols), MAX_COLS)
+        block_c = min(next_power_of_2(C), max(1, tile // block_cols))
+    block_rows = cdiv(rows, cdiv(rows, band))
     num_warps = min(MAX_WARPS, max(1, block_cols * block_c * elem_size // (32 * VECTOR)))
     return block_rows, block_cols, block_c, num_warps
 
@@ -259,6 +263,12 @@ def _band(stride):
     return 8 if stride == 1 else 4
 
 
+# The argmax pass (the max pool's backward) keeps a winner index beside each value: strided, it
+# takes 2-row bands, 2.5 reads per row (4 rows spilled 4 B in Triton 3.6's ptxas at some
+# shapes; fastconv.static).
+ARGMAX_BAND = 2
+
+
 BACKWARD_BAND = 4  # input-gradient rows of a backward tile (a power of 2): shares the column math
 
 
@@ -266,7 +276,7 @@ def _backward_tiles(C, H, W, unit, elem_size):
     """(BLOCK_ROWS, BLOCK_COLS, BLOCK_C, num_warps) of the backward's 3-D tile: the forward's
     row tile (_tiles) split over up to BACKWARD_BAND rows, taking the rows from the axis
     that is not contiguous (columns in NHWC, channels in NCHW), so vectors stay whole."""
-    rows = min(triton.next_power_of_2(H), BACKWARD_BAND)
+    rows = min(next_power_of_2(H), BACKWARD_BAND)
     _, cols, block_c, num_warps = _tiles(C, 1, W, unit, 1, elem_size)
     tile = TILE_BYTES // elem_size
     if unit == UNIT_C.value:
@@ -286,14 +296,16 @@ def pool_forward(x, out, idx, geometry, is_max):
     N, C, H, W = x.shape
     OH, OW = out.shape[2:]
     unit = _unit(x)
-    block_rows, block_cols, block_c, num_warps = _tiles(C, OH, OW, unit, _band(sh), x.element_size())
-    n_bands, n_strips = triton.cdiv(OH, block_rows), triton.cdiv(OW, block_cols)
-    grid = (N * n_bands * n_strips, triton.cdiv(C, block_c))  # axis 1 is limited to 65535
-    _pool_fwd_kernel[grid](x, out, idx if idx is not None else out, C, H, W, OH, OW, n_bands, n_strips,
-                           *x.stride(), *out.stride(), ph, pw,
-                           KH=kh, KW=kw, SH=sh, SW=sw, IS_MAX=is_max, WRITE_IDX=idx is not None,
-                           X_UNIT=unit, OUT_UNIT=_unit(out), ACC=acc_type(x),
-                           BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_C=block_c, num_warps=num_warps)
+    band = ARGMAX_BAND if idx is not None and sh > 1 else _band(sh)
+    block_rows, block_cols, block_c, num_warps = _tiles(C, OH, OW, unit, band, x.element_size())
+    n_bands, n_strips = cdiv(OH, block_rows), cdiv(OW, block_cols)
+    grid = (N * n_bands * n_strips, cdiv(C, block_c))  # axis 1 is limited to 65535
+    with on_device(x):
+        _pool_fwd_kernel[grid](x, out, idx if idx is not None else out, C, H, W, OH, OW, n_bands, n_strips,
+                               *x.stride(), *out.stride(), ph, pw,
+                               KH=kh, KW=kw, SH=sh, SW=sw, IS_MAX=is_max, WRITE_IDX=idx is not None,
+                               X_UNIT=unit, OUT_UNIT=_unit(out), ACC=acc_type(x),
+                               BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_C=block_c, num_warps=num_warps)
     return out
 
 
@@ -306,13 +318,14 @@ def pool_backward(grad_out, grad_in, idx, geometry, is_max):
     OH, OW = grad_out.shape[2:]
     unit = _unit(grad_in)
     block_rows, block_cols, block_c, num_warps = _backward_tiles(C, H, W, unit, grad_in.element_size())
-    n_bands, n_strips = triton.cdiv(H, block_rows), triton.cdiv(W, block_cols)
-    grid = (N * n_bands * n_strips, triton.cdiv(C, block_c))
+    n_bands, n_strips = cdiv(H, block_rows), cdiv(W, block_cols)
+    grid = (N * n_bands * n_strips, cdiv(C, block_c))
     idx = idx if idx is not None else grad_out  # not read by the average kernel
-    _pool_bwd_kernel[grid](grad_out, idx, grad_in, C, H, W, OH, OW, n_bands, n_strips,
-                           *grad_out.stride(), *idx.stride(), *grad_in.stride(), ph, pw,
-                           KH=kh, KW=kw, SH=sh, SW=sw, CAND_H=triton.cdiv(kh, sh), CAND_W=triton.cdiv(kw, sw),
-                           IS_MAX=is_max, G_UNIT=_unit(grad_out), I_UNIT=_unit(idx), OUT_UNIT=unit,
-                           ACC=acc_type(grad_in), BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
-                           BLOCK_C=block_c, num_warps=num_warps)
+    with on_device(grad_in):
+        _pool_bwd_kernel[grid](grad_out, idx, grad_in, C, H, W, OH, OW, n_bands, n_strips,
+                               *grad_out.stride(), *idx.stride(), *grad_in.stride(), ph, pw,
+                               KH=kh, KW=kw, SH=sh, SW=sw, CAND_H=cdiv(kh, sh), CAND_W=cdiv(kw, sw),
+                               IS_MAX=is_max, G_UNIT=_unit(grad_out), I_UNIT=_unit(idx), OUT_UNIT=unit,
+                               ACC=acc_type(grad_in), BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+                               BLOCK_C=block_c, num_warps=num_warps)
     return grad_in

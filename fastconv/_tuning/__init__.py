@@ -10,10 +10,12 @@ dict lookup on it): dtype, the pixel count rounded up to a power of two (so a ne
 maps to a measured class instead of re-tuning), channel counts, stride, epilogue flags and
 input layout.
 
-The rule, where no table entry applies (documented in README.md, "Backends"):
+The rule, where no table entry applies (documented in README.md, "Backends"; `_backend.rule`):
   - tensors not on a CUDA device: "torch" (the eager compositions);
-  - CUDA tensors: "cuda" for the ops in `_backend.CUDA_PREFERRED_OPS` when the extension is
-    built, else "triton".
+  - a pixel GEMM (the 1x1 convs) on an NCHW input: "torch" (cuDNN); the Triton GEMM wants
+    channels_last;
+  - other CUDA tensors: "cuda" for the ops in `_backend.CUDA_PREFERRED_OPS` when the extension
+    is built, else "triton".
 """
 import json
 import os
@@ -52,6 +54,17 @@ def conv_key(x, weight, stride, relu, residual):
         dtype = "tf32"
     return (dtype, _pow2(m), C, weight.shape[0], stride, bool(relu), residual is not None,
             _layout(shape, x.stride()))
+
+
+def split_key(x, weight, pool):
+    """Shape class of a conv1x1_relu_split call (the Inception 1x1s, or with `pool` the pool
+    projection); as conv_key, it ends with the input layout."""
+    shape = x.shape
+    N, C, H, W = shape
+    dtype = DTYPE_NAMES[x.dtype]
+    if dtype == "fp32" and torch._C._get_cudnn_allow_tf32():
+        dtype = "tf32"
+    return (dtype, _pow2(N * H * W), C, weight.shape[0], bool(pool), _layout(shape, x.stride()))
 
 
 def tensor_key(x):

@@ -8,10 +8,6 @@ import torch
 
 from fastconv import _backend, _checks, _tuning, ops
 
-_RULES = {"torch": "rule: tensors not on a CUDA device run the torch compositions",
-          "cuda": "rule: no tuning-table entry; CUDA C++ was measured faster for this op (CUDA_PREFERRED_OPS)",
-          "triton": "rule: no tuning-table entry for this shape class; Triton runs CUDA tensors"}
-
 
 @dataclasses.dataclass(frozen=True)
 class Explanation:
@@ -73,7 +69,7 @@ def explain(op, *args, **kwargs):
     if chosen == "auto":
         backend, entry = _backend.auto_choice(x.device, name, key)
         why = (f"tuning table {_tuning.arch(x.device)}: measured median ms {entry['ms']}"
-               if entry is not None else _RULES[backend])
+               if entry is not None else _backend.rule(x.device, name, key)[1])
     else:
         backend = _backend.resolve(x.device, name, key=key)
         why = f"backend {chosen!r} set by set_backend / use_backend"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastconv import _backend, _checks
+from fastconv import _backend, _checks, _tuning
 from fastconv.ops.conv1x1 import relu_bias_backward_op
 from fastconv.ops.pool_same import max_pool2d_same_op, pool2d_same_backward_op
 from fastconv.ops.residual import relu_backward_op
@@ -54,7 +54,7 @@ def _check_outs(x, outs):
 
 def _run(x, weight, bias, outs, pool):
     """Write relu(conv1x1(A, weight, bias)) into outs, split by channels."""
-    backend = _backend.resolve(x.device, "conv1x1_relu_split")
+    backend = _backend.resolve(x.device, "conv1x1_relu_split", key=lambda: _tuning.split_key(x, weight, pool))
     if backend == "cuda":
         raise NotImplementedError("fastconv backend 'cuda' cannot run conv1x1_relu_split: "
                                   "no CUDA C++ kernel yet (use 'triton' or 'torch')")
