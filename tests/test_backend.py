@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fastconv
+from fastconv import _cuda
 from tests.conftest import DEVICE, HAS_CUDA
 
 
@@ -74,5 +75,5 @@ def test_cuda_backend_on_cpu_raises_with_reason():
 
 @pytest.mark.skipif(HAS_CUDA, reason="CPU-only check")
 def test_cuda_reason_without_gpu():
-    assert fastconv._cuda.unavailable_reason() is not None
+    assert _cuda.unavailable_reason() is not None
     assert DEVICE == "cpu"

@@ -56,8 +56,16 @@ import triton.language as tl
 
 from fastconv import _tuning
 from fastconv._launcher_contract import triton_interpreting
-from fastconv._triton.utils import (acc_type, capability, cdiv, dot_precision, needs_int64, next_power_of_2,
-                                    on_device, vector)
+from fastconv._triton.utils import (
+    acc_type,
+    capability,
+    cdiv,
+    dot_precision,
+    needs_int64,
+    next_power_of_2,
+    on_device,
+    vector,
+)
 
 try:  # host-side TMA descriptors: triton >= 3.4 (3.6 on the GPU machine, 3.8 here)
     from triton.tools.tensor_descriptor import TensorDescriptor

@@ -30,8 +30,16 @@ import triton
 import triton.language as tl
 
 from fastconv._triton.conv1x1 import _tile_coords, _whole
-from fastconv._triton.utils import (INT32_LIMIT, acc_type, cdiv, dot_precision, needs_int64, next_power_of_2,
-                                    on_device, vector)
+from fastconv._triton.utils import (
+    INT32_LIMIT,
+    acc_type,
+    cdiv,
+    dot_precision,
+    needs_int64,
+    next_power_of_2,
+    on_device,
+    vector,
+)
 
 # How the GEMM's A tile is loaded (a named constexpr mode).
 A_PLAIN = tl.constexpr(0)   # x itself

@@ -5,9 +5,10 @@ out of the load. Max ignores those cells; average divides by the number of real
 cells in the window (TF semantics).
 
 Tiling: a program owns a [BLOCK_COLS, BLOCK_C] tile of one image for a band of
-BLOCK_ROWS rows (the backward: one [BLOCK_ROWS, BLOCK_COLS, BLOCK_C] tile). The tile's contiguous axis is the tensor's unit-
-stride one (channels in NHWC, columns in NCHW), written as a literal 1 so Triton
-proves contiguity and emits 16-byte vector accesses (8 bf16 channels per thread).
+BLOCK_ROWS rows (the backward: one [BLOCK_ROWS, BLOCK_COLS, BLOCK_C] tile). The tile's
+contiguous axis is the tensor's unit-stride one (channels in NHWC, columns in NCHW), written
+as a literal 1 so Triton proves contiguity and emits 16-byte vector accesses (8 bf16 channels
+per thread).
 
 Napkin math (forward, k x k stride s, 16-bit, per output element): minimum DRAM
 traffic = 2 B written + 2 * s^2 B read (each input element once; s = 1: 2 B).
