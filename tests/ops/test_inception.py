@@ -11,8 +11,10 @@ from tests.conftest import (DEVICE, DTYPES, assert_close, assert_layout_like_eag
 
 # (N, Cin, H, W, layout, sizes): odd channels, 1x1 / odd images, every layout, 1 to 3
 # outputs; a column tile (>= 16 wide) spanning outputs; Cin = 40 > BLOCK_K (two K steps).
+# Several column tiles: 130 channels of one output (BLOCK_N 128) and 70 over three (BLOCK_N
+# 64: the second tile holds only the third output's last 6 columns).
 CASES = [(2, 3, 7, 7, "nhwc", [5, 9, 3]), (1, 17, 13, 13, "nchw", [3, 14]),
-         (2, 17, 1, 1, "strided", [4]), (1, 40, 5, 3, "nhwc", [17, 1, 2])]
+         (2, 17, 1, 1, "strided", [130]), (1, 40, 5, 3, "nhwc", [33, 20, 17])]
 
 
 def _ref(x, w, b, pool):
@@ -57,20 +59,21 @@ def test_split_forward_backward(backend, dtype, case, pool, poison):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pool", [False, True])
 def test_into_writes_only_its_slices(backend, dtype, pool):
-    """The outputs are channel slices of one channels_last buffer and a tensor of their own:
-    the slices get exactly their columns, the buffer's other channels stay untouched."""
+    """The outputs are channel slices of one channels_last buffer and a tensor of their own,
+    70 columns in two column tiles: the slices get exactly their columns, the buffer's other
+    channels stay untouched."""
     N, cin, H, W = 2, 17, 7, 5
     x = make_input((N, cin, H, W), dtype, "nhwc")
-    w, b = _params(12, cin, dtype)
-    buf = torch.full((N, 20, H, W), 7.0, device=DEVICE, dtype=dtype)
+    w, b = _params(70, cin, dtype)
+    buf = torch.full((N, 80, H, W), 7.0, device=DEVICE, dtype=dtype)
     buf = buf.contiguous(memory_format=torch.channels_last)
-    own = torch.full((N, 4, H, W), float("nan"), device=DEVICE, dtype=dtype)
-    outs = [buf[:, 2:9], own, buf[:, 15:16]]
+    own = torch.full((N, 20, H, W), float("nan"), device=DEVICE, dtype=dtype)
+    outs = [buf[:, 2:42], own, buf[:, 60:70]]
     with torch.no_grad(), fastconv.use_backend(backend):
         fastconv.conv1x1_relu_split_into(x, w, b, outs, pool=pool)
     ref = _ref(x, w.detach(), b.detach(), pool)
     assert_close(torch.cat(outs, 1), ref, dtype)
-    untouched = torch.cat([buf[:, :2], buf[:, 9:15], buf[:, 16:]], 1)
+    untouched = torch.cat([buf[:, :2], buf[:, 42:60], buf[:, 70:]], 1)
     assert (untouched == 7.0).all()
 
 
