@@ -4,8 +4,17 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close,
-                            assert_layout_like_eager, gpu, make_input, unchanged)
+from tests.conftest import (
+    BACKENDS,
+    DEVICE,
+    DTYPES,
+    LAYOUTS,
+    assert_close,
+    assert_layout_like_eager,
+    gpu,
+    make_input,
+    unchanged,
+)
 
 # (N, Cin, H, W, Cout, stride): odd channel counts, 1x1 and odd spatial sizes,
 # Cin > BLOCK_K (several K steps), Cout > BLOCK_N (several column tiles), stride 2.

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (DEVICE, DTYPES, assert_close, assert_layout_like_eager, gpu, make_input,
-                            unchanged)
+from tests.conftest import DEVICE, DTYPES, assert_close, assert_layout_like_eager, gpu, make_input, unchanged
 
 # (N, Cin, H, W, layout, sizes): odd channels, 1x1 / odd images, every layout, 1 to 3
 # outputs; a column tile (>= 16 wide) spanning outputs; Cin = 40 > BLOCK_K (two K steps).

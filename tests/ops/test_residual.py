@@ -3,8 +3,17 @@ import torch
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close,
-                            assert_layout_like_eager, gpu, make_input, unchanged)
+from tests.conftest import (
+    BACKENDS,
+    DEVICE,
+    DTYPES,
+    LAYOUTS,
+    assert_close,
+    assert_layout_like_eager,
+    gpu,
+    make_input,
+    unchanged,
+)
 
 SHAPES = [(2, 3, 7, 7), (1, 17, 13, 13), (2, 129, 1, 1), (3, 5, 1, 13)]
 
