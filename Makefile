@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # A change to any of these reinstalls (the CUDA extension is built at install time).
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*)
 
-.PHONY: demo test clean resource-usage sass wheel test-wheel static
+.PHONY: demo test clean resource-usage sass wheel test-wheel static mutants
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n auto
+
+# The mutation run: each one-line bug of tests/mutant_list.py in a copy of the tree, and the
+# tests that must catch it; a table of caught / missed (the CUDA C++ ones need a GPU).
+mutants: $(VENV)/.installed-test
+	$(BIN)/python -m tests.mutants
 
 # Registers, shared memory and spills of every CUDA kernel (no GPU needed); see csrc/README.md.
 resource-usage:

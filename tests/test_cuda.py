@@ -15,6 +15,7 @@ import fastconv
 from fastconv import _cuda, reference
 from tests import sass
 from tests.conftest import DEVICE, HAS_CUDA, TOL, gpu, make_input
+from tests.ops.helpers import pool_against_float64
 
 HAS_NVCC = shutil.which("nvcc") is not None or os.path.exists("/usr/local/cuda/bin/nvcc")
 built = pytest.mark.skipif(_cuda._C is None, reason="the extension fastconv._C is not built")
@@ -221,21 +222,8 @@ def test_conv1x1_empty_inputs(layout):
 def test_pools_vectorized(dtype, kind, geometry, poison):
     """The 16-byte channel-vector pools (channels_last, C a multiple of 16 bytes), forward and
     backward, beside the band logic's edges: H = 1, 7 (a short last band), 13."""
-    op, ref_op = {"max": (fastconv.max_pool2d_same, reference.max_pool2d_same),
-                  "avg": (fastconv.avg_pool2d_same, reference.avg_pool2d_same)}[kind]
-    k, s = geometry
     for shape in [(2, 16, 7, 7), (1, 32, 13, 9), (2, 16, 1, 5)]:
-        x = make_input(shape, dtype, "nhwc", requires_grad=True)
-        with fastconv.use_backend("cuda"):
-            out = op(x, k, s)
-            grad = torch.randn_like(out)
-            out.backward(grad)
-        x64 = x.detach().double().requires_grad_()
-        ref = ref_op(x64, k, s)
-        ref.backward(grad.double())
-        assert out.is_contiguous(memory_format=torch.channels_last)
-        assert reference.rel_error(out, ref) <= TOL[dtype], shape
-        assert reference.rel_error(x.grad, x64.grad) <= TOL[dtype], shape
+        pool_against_float64(kind, geometry, shape, dtype, "nhwc", "cuda")
 
 
 @gpu

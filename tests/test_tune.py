@@ -142,7 +142,7 @@ def test_auto_sends_nchw_pixel_gemms_to_cudnn(table, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: CUDA0))
     x, w = torch.empty(8, 256, 14, 14, device="meta"), torch.empty(64, 256, 1, 1, device="meta")
     info = fastconv.explain("conv1x1_relu", x, w)
-    assert info["backend"] == "torch" and "NCHW" in info["why"]
+    assert info.backend == "torch" and "NCHW" in info.why
 
 
 @pytest.fixture

@@ -4,8 +4,18 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close,
-                            assert_layout_like_eager, gpu, make_input, unchanged)
+from tests.conftest import (
+    BACKENDS,
+    DEVICE,
+    DTYPES,
+    LAYOUTS,
+    assert_close,
+    assert_layout_like_eager,
+    gpu,
+    grad_away_from_relu_edge,
+    make_input,
+    unchanged,
+)
 
 # (N, Cin, H, W, Cout, stride): odd channel counts, 1x1 and odd spatial sizes,
 # Cin > BLOCK_K (several K steps), Cout > BLOCK_N (several column tiles), stride 2.
@@ -32,14 +42,14 @@ def _run(case, dtype, layout, backend, bias_relu, wform="4d"):
     r = make_input(out_shape, dtype, res_layout[0], requires_grad=True) if res_layout else None
     tensors = [t for t in (x, w, b, r) if t is not None]
     inputs = [t.detach().clone() for t in tensors]
-    with fastconv.use_backend(backend):
-        out = fastconv.conv1x1_relu(x, w, b, stride=stride, relu=relu, residual=r)
-        grad = torch.randn_like(out)
-        out.backward(grad)
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     b64 = b.detach().double().requires_grad_() if has_bias else None
     r64 = r.detach().double().requires_grad_() if r is not None else None
     ref = reference.conv1x1_relu(x64, w64, b64, stride, relu, r64)
+    with fastconv.use_backend(backend):
+        out = fastconv.conv1x1_relu(x, w, b, stride=stride, relu=relu, residual=r)
+        grad = grad_away_from_relu_edge(out, reference.conv1x1_relu(x64, w64, b64, stride, False, r64), dtype)
+        out.backward(grad)
     ref.backward(grad.double())
     assert out.dtype == dtype and out.shape == ref.shape
     assert_close(out, ref, dtype)
@@ -73,16 +83,24 @@ def test_weight_forms(backend, wform, poison):
     _run(CASES[0], torch.float32, "nhwc", backend, (True, True), wform)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_zero_batch_and_nan(backend):
-    x = torch.randn(0, 4, 3, 3, device=DEVICE)
-    w = torch.randn(5, 4, 1, 1, device=DEVICE)
+@pytest.mark.parametrize("backend", BACKENDS)
+# fp16 channels_last with 16-byte pixel rows: the CUDA backend's tensor-core GEMM; fp32 NCHW its SIMT one
+@pytest.mark.parametrize("layout, dtype", [("nchw", torch.float32), ("nhwc", torch.float16)])
+def test_zero_batch_and_nan(backend, layout, dtype):
+    """N = 0: an empty output of the right shape. A NaN in x: NaN in every output channel of
+    its pixel (through the ReLU) and nowhere else; every other output as float64 gives."""
+    w = (torch.randn(5, 8, 1, 1, device=DEVICE) / 8 ** 0.5).to(dtype)
+    b = torch.randn(5, device=DEVICE).to(dtype)
+    x = make_input((1, 8, 3, 3), dtype, layout)
+    x[0, 2, 1, 1] = float("nan")
     with fastconv.use_backend(backend):
-        assert fastconv.conv1x1_relu(x, w).shape == (0, 5, 3, 3)
-        x = torch.randn(1, 4, 3, 3, device=DEVICE)
-        x[0, 2, 1, 1] = float("nan")
-        out = fastconv.conv1x1_relu(x, w)
-    assert torch.isnan(out[0, :, 1, 1]).all() and not torch.isnan(out[0, :, 0, 0]).any()
+        empty = fastconv.conv1x1_relu(make_input((0, 8, 3, 3), dtype, layout), w, b)
+        out = fastconv.conv1x1_relu(x, w, b)
+    assert empty.shape == (0, 5, 3, 3)
+    nan_at = torch.zeros(1, 5, 3, 3, dtype=torch.bool)
+    nan_at[..., 1, 1] = True
+    assert torch.equal(torch.isnan(out).cpu(), nan_at)
+    assert_close(out.nan_to_num(7.0), reference.conv1x1_relu(x, w, b).nan_to_num(7.0), dtype)
 
 
 @gpu

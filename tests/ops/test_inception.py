@@ -6,18 +6,28 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (DEVICE, DTYPES, assert_close, assert_layout_like_eager, gpu, make_input,
-                            unchanged)
+from tests.conftest import (
+    DEVICE,
+    DTYPES,
+    assert_close,
+    assert_layout_like_eager,
+    gpu,
+    grad_away_from_relu_edge,
+    make_input,
+    unchanged,
+)
 
 # (N, Cin, H, W, layout, sizes): odd channels, 1x1 / odd images, every layout, 1 to 3
 # outputs; a column tile (>= 16 wide) spanning outputs; Cin = 40 > BLOCK_K (two K steps).
+# Several column tiles: 130 channels of one output (BLOCK_N 128) and 70 over three (BLOCK_N
+# 64: the second tile holds only the third output's last 6 columns).
 CASES = [(2, 3, 7, 7, "nhwc", [5, 9, 3]), (1, 17, 13, 13, "nchw", [3, 14]),
-         (2, 17, 1, 1, "strided", [4]), (1, 40, 5, 3, "nhwc", [17, 1, 2])]
+         (2, 17, 1, 1, "strided", [130]), (1, 40, 5, 3, "nhwc", [33, 20, 17])]
 
 
-def _ref(x, w, b, pool):
+def _ref(x, w, b, pool, relu=True):
     a = reference.max_pool2d_same(x, 3, 1) if pool else x.double()
-    return reference.conv1x1_relu(a, w, b)
+    return reference.conv1x1_relu(a, w, b, relu=relu)
 
 
 def _params(cout, cin, dtype, bias=True):
@@ -34,13 +44,14 @@ def test_split_forward_backward(backend, dtype, case, pool, poison):
     x = make_input((N, cin, H, W), dtype, layout, requires_grad=True)
     w, b = _params(sum(sizes), cin, dtype, bias=len(sizes) != 2)
     inputs = [t.detach().clone() for t in (x, w) + ((b,) if b is not None else ())]
-    with fastconv.use_backend(backend):
-        outs = fastconv.conv1x1_relu_split(x, w, b, sizes, pool=pool)
-        grads = [torch.randn_like(o) for o in outs]
-        torch.autograd.backward(outs, grads)
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     b64 = b.detach().double().requires_grad_() if b is not None else None
     ref = _ref(x64, w64, b64, pool)
+    with fastconv.use_backend(backend):
+        outs = fastconv.conv1x1_relu_split(x, w, b, sizes, pool=pool)
+        pre = _ref(x64, w64, b64, pool, relu=False).split(sizes, 1)
+        grads = [grad_away_from_relu_edge(o, p, dtype) for o, p in zip(outs, pre)]
+        torch.autograd.backward(outs, grads)
     ref.backward(torch.cat(grads, 1).double())
     assert [o.shape[1] for o in outs] == sizes and all(o.dtype == dtype for o in outs)
     assert_close(torch.cat(outs, 1), ref, dtype)
@@ -57,20 +68,21 @@ def test_split_forward_backward(backend, dtype, case, pool, poison):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pool", [False, True])
 def test_into_writes_only_its_slices(backend, dtype, pool):
-    """The outputs are channel slices of one channels_last buffer and a tensor of their own:
-    the slices get exactly their columns, the buffer's other channels stay untouched."""
+    """The outputs are channel slices of one channels_last buffer and a tensor of their own,
+    70 columns in two column tiles: the slices get exactly their columns, the buffer's other
+    channels stay untouched."""
     N, cin, H, W = 2, 17, 7, 5
     x = make_input((N, cin, H, W), dtype, "nhwc")
-    w, b = _params(12, cin, dtype)
-    buf = torch.full((N, 20, H, W), 7.0, device=DEVICE, dtype=dtype)
+    w, b = _params(70, cin, dtype)
+    buf = torch.full((N, 80, H, W), 7.0, device=DEVICE, dtype=dtype)
     buf = buf.contiguous(memory_format=torch.channels_last)
-    own = torch.full((N, 4, H, W), float("nan"), device=DEVICE, dtype=dtype)
-    outs = [buf[:, 2:9], own, buf[:, 15:16]]
+    own = torch.full((N, 20, H, W), float("nan"), device=DEVICE, dtype=dtype)
+    outs = [buf[:, 2:42], own, buf[:, 60:70]]
     with torch.no_grad(), fastconv.use_backend(backend):
         fastconv.conv1x1_relu_split_into(x, w, b, outs, pool=pool)
     ref = _ref(x, w.detach(), b.detach(), pool)
     assert_close(torch.cat(outs, 1), ref, dtype)
-    untouched = torch.cat([buf[:, :2], buf[:, 9:15], buf[:, 16:]], 1)
+    untouched = torch.cat([buf[:, :2], buf[:, 42:60], buf[:, 70:]], 1)
     assert (untouched == 7.0).all()
 
 

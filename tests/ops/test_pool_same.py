@@ -1,17 +1,17 @@
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastconv
 from fastconv import reference
-from tests.conftest import (BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close, gpu,
-                            assert_layout_like_eager, make_input, unchanged)
+from tests.conftest import BACKENDS, DEVICE, DTYPES, LAYOUTS, assert_close, gpu, make_input
+from tests.ops.helpers import POOLS, pool_against_float64
 
 SHAPES = [(2, 3, 7, 7), (1, 17, 13, 13), (2, 5, 1, 1), (1, 3, 8, 6)]
 # (kernel_size, stride): overlapping (3/2, 3/1), tiling (2/2), non-square, k < s.
 GEOMETRIES = [(3, 2), (3, 1), (2, 2), ((3, 2), (2, 1)), (1, 2)]
-OPS = {"max": (fastconv.max_pool2d_same, reference.max_pool2d_same),
-       "avg": (fastconv.avg_pool2d_same, reference.avg_pool2d_same)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -21,25 +21,10 @@ OPS = {"max": (fastconv.max_pool2d_same, reference.max_pool2d_same),
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_forward_backward(backend, dtype, shape, geometry, layout, kind, poison):
-    op, ref_op = OPS[kind]
-    k, s = geometry
-    x = make_input(shape, dtype, layout, requires_grad=True)
-    x0 = x.detach().clone()
-    with fastconv.use_backend(backend):
-        out = op(x, k, s)
-        grad = torch.randn_like(out)
-        out.backward(grad)
-    x64 = x0.double().requires_grad_()
-    ref = ref_op(x64, k, s)
-    ref.backward(grad.double())
-    assert out.dtype == dtype
-    assert_close(out, ref, dtype)
-    assert_close(x.grad, x64.grad, dtype, "x.grad")
-    assert_layout_like_eager(out, F.max_pool2d(x0, 1))
-    assert unchanged(x0, x.detach())
+    pool_against_float64(kind, geometry, shape, dtype, layout, backend)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_tensorflow_same_values(backend):
     """4x4 input 1..16, 3x3 stride 2: SAME pads 0 rows above and 1 below (and
     likewise columns); TensorFlow gives these numbers. PyTorch's padding=1 pads
@@ -53,7 +38,7 @@ def test_tensorflow_same_values(backend):
     assert F.max_pool2d(x, 3, 2, padding=1).flatten().tolist() != mx.flatten().tolist()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_max_nan_propagates_and_ties_go_to_first(backend):
     x = torch.zeros(1, 1, 4, 4, device=DEVICE)  # all ties: the first cell of each window wins
     x[0, 0, 3, 3] = float("nan")
@@ -67,10 +52,14 @@ def test_max_nan_propagates_and_ties_go_to_first(backend):
     assert torch.equal(x.grad[0, 0].cpu(), expected)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_zero_batch(backend):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_zero_batch(backend, kind):
+    x = torch.randn(0, 3, 5, 5, device=DEVICE, requires_grad=True)
     with fastconv.use_backend(backend):
-        assert fastconv.max_pool2d_same(torch.randn(0, 3, 5, 5, device=DEVICE), 3, 2).shape == (0, 3, 3, 3)
+        out = POOLS[kind][0](x, 3, 2)
+        out.sum().backward()
+    assert out.shape == (0, 3, 3, 3) and x.grad.shape == x.shape
 
 
 def test_stride_defaults_to_kernel_size():
@@ -106,80 +95,69 @@ def test_opcheck_and_gradcheck(backend):
         torch.library.opcheck(torch.ops.fastconv.pool2d_same_backward.default,
                               (g, x.detach(), [3, 2], [2, 1], True))
         for op in (fastconv.max_pool2d_same, fastconv.avg_pool2d_same):
-            assert torch.autograd.gradcheck(lambda t: op(t, (3, 2), (2, 1)), (x,))
+            assert torch.autograd.gradcheck(functools.partial(op, kernel_size=(3, 2), stride=(2, 1)), (x,))
 
 
-# The Triton kernels' paths (fastconv._triton.pool_same): the NHWC vector path, the
-# NCHW path and the strided fallback, tiles split along rows, columns and channels.
 SPECIAL = torch.tensor([float("-inf"), 0.0, 1.0, 2.0, float("nan")])
+# (kernel_size, stride, SAME's padding (left, right, top, bottom) of a 7x6 input, worked out
+# by hand from TF's rule: out = ceil(in / s), total = (out - 1) * s + k - in, the odd cell after)
+TIES_GEOMETRIES = [(3, 2, (0, 1, 1, 1)), (3, 1, (1, 1, 1, 1)), (2, 2, (0, 0, 0, 1))]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout, dtype", [("nchw", torch.float32), ("nhwc", torch.float16),
                                            ("strided", torch.float32)])
-@pytest.mark.parametrize("geometry", [(3, 2), (3, 1), (2, 2)])
-def test_triton_max_ties_nan_inf_match_torch(layout, dtype, geometry, poison):
+@pytest.mark.parametrize("k, s, pads", TIES_GEOMETRIES)
+def test_max_ties_nan_inf_against_float64(backend, layout, dtype, k, s, pads, poison):
     """Many ties, NaNs, -inf and an all -inf window: the values and the routing of the
-    gradient (first maximum in scan order, NaN wins, an all -inf window's first cell)
-    equal PyTorch's own kernel, exactly (integer gradients sum exactly). The border is
-    finite: the torch backend pools a -inf-padded copy, where an all -inf window that
-    touches the padding would send its gradient to a padding cell."""
-    k, s = geometry
+    gradient (first maximum in scan order, NaN wins, an all -inf window's first cell) equal,
+    exactly (integer gradients sum exactly), PyTorch's own max pool in float64 on a copy
+    padded with -inf by the padding written above: a reference independent of fastconv's
+    SAME helpers. The border is finite, so a padded cell never wins a window."""
     pick = torch.multinomial(torch.tensor([0.3, 0.3, 0.2, 0.15, 0.05]), 2 * 5 * 7 * 6, replacement=True)
     x = make_input((2, 5, 7, 6), dtype, layout)
     x.copy_(SPECIAL[pick].view(2, 5, 7, 6))
     border = torch.ones(7, 6, dtype=torch.bool)
     border[1:-1, 1:-1] = False
-    x[:, :, border] = torch.randint(0, 3, (2, 5, int(border.sum()))).to(dtype)
+    x[:, :, border] = torch.randint(0, 3, (2, 5, int(border.sum()))).to(dtype).to(x.device)
     x[0, 1, 1:4, 2:5] = float("-inf")  # holds a whole window in each geometry
-    grad = torch.randint(-3, 4, (2, 5) + tuple(-(-d // s) for d in (7, 6))).to(dtype)
-    results = []
-    for backend in ("torch", "triton"):
-        xb = x.detach().clone().requires_grad_()
-        with fastconv.use_backend(backend):
-            out = fastconv.max_pool2d_same(xb, k, s)
-            out.backward(grad)
-        results.append((out, xb.grad))
-    (ref, ref_grad), (out, x_grad) = results
-    assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0))
-    assert torch.equal(x_grad, ref_grad)
-
-
-def _triton_against_float64(kind, geometry, shape, dtype, layout):
-    """The Triton pool forward and backward against the float64 reference."""
-    op, ref_op = OPS[kind]
-    k, s = geometry
-    x = make_input(shape, dtype, layout, requires_grad=True)
-    with fastconv.use_backend("triton"):
-        out = op(x, k, s)
-        grad = torch.randn_like(out)
+    grad = torch.randint(-3, 4, (2, 5) + tuple(-(-d // s) for d in (7, 6))).to(dtype).to(x.device)
+    xb = x.detach().clone().requires_grad_()
+    with fastconv.use_backend(backend):
+        out = fastconv.max_pool2d_same(xb, k, s)
         out.backward(grad)
-    x64 = x.detach().double().requires_grad_()
-    ref = ref_op(x64, k, s)
-    ref.backward(grad.double())
-    assert_close(out, ref, dtype)
-    assert_close(x.grad, x64.grad, dtype, "x.grad")
+    x64 = x.detach().double().cpu().requires_grad_()
+    ref = F.max_pool2d(F.pad(x64, pads, value=float("-inf")), k, s)
+    ref.backward(grad.double().cpu())
+    assert torch.equal(out.double().cpu().nan_to_num(7.0), ref.nan_to_num(7.0))
+    assert torch.equal(xb.grad.double().cpu(), x64.grad)
 
 
+# The Triton kernels' paths (fastconv._triton.pool_same): the NHWC vector path, the
+# NCHW path and the strided fallback, tiles split along rows, columns and channels.
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("geometry", [(3, 2), (3, 1)])
 def test_triton_channels_129_nhwc(kind, geometry, poison):
     """Odd C over several channel strips, the last one partly masked (the NHWC vector path)."""
-    _triton_against_float64(kind, geometry, (1, 129, 3, 4), torch.float16, "nhwc")
+    pool_against_float64(kind, geometry, (1, 129, 3, 4), torch.float16, "nhwc", "triton")
 
 
+# 5x10 pads (top, bottom, left, right): (3, 2): (1, 1, 0, 1), rows and columns unlike, the
+# odd cell at the right edge; (3, 1): (1, 1, 1, 1); (2, 1): (0, 1, 0, 1), odd both ways.
 @pytest.mark.parametrize("layout, kind, geometry", [
-    ("nhwc", "max", (3, 2)), ("nhwc", "max", (3, 1)), ("nhwc", "avg", (3, 1)),
-    ("nchw", "max", (3, 1)), ("nchw", "avg", (3, 2)), ("strided", "max", (3, 2))])
+    ("nhwc", "max", (3, 2)), ("nhwc", "max", (2, 1)), ("nhwc", "avg", (3, 1)),
+    ("nchw", "max", (3, 1)), ("nchw", "avg", (3, 2)), ("strided", "max", (2, 1))])
 def test_triton_small_tiles(layout, kind, geometry, monkeypatch, poison):
     """Tiles shrunk so that a tiny input spans several row bands, column strips and
-    channel strips, the last of each partial: every tile edge and mask is exercised."""
+    channel strips, the last of each partial: every tile edge and mask is exercised, with
+    SAME's odd padding cell at the bottom/right edge tiles."""
     from fastconv._triton import pool_same
     monkeypatch.setattr(pool_same, "TILE_BYTES", 64)
     monkeypatch.setattr(pool_same, "MAX_C_BYTES", 16)
     monkeypatch.setattr(pool_same, "MAX_COLS", 4)
     monkeypatch.setattr(pool_same, "_band", lambda stride: 2)
     monkeypatch.setattr(pool_same, "BACKWARD_BAND", 2)
-    _triton_against_float64(kind, geometry, (1, 6, 5, 9), torch.float32, layout)
+    pool_against_float64(kind, geometry, (1, 6, 5, 10), torch.float32, layout, "triton")
 
 
 # (C, H = W, k, s) of GoogLeNet's and ResNet's pools (issue 13)
@@ -220,7 +198,7 @@ def test_triton_model_shapes_bf16(kind, pool):
     for backend in ("torch", "triton"):
         xb = x.detach().clone().requires_grad_()
         with fastconv.use_backend(backend):
-            out = OPS[kind][0](xb, k, s)
+            out = POOLS[kind][0](xb, k, s)
             out.backward(grad)
         results.append((out, xb.grad))
     (ref, ref_grad), (out, x_grad) = results
