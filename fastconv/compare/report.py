@@ -3,7 +3,6 @@ gradient), a text table, JSON, and the comparison of two saved reports."""
 import json
 import math
 
-import numpy as np
 import torch
 
 
@@ -22,8 +21,8 @@ def error_stats(err, ref):
         stats[f"max_{name}"] = values.max().item()
         stats[f"mean_{name}"] = values.sum().item() / n
         ranks = [values.numel() - n + max(1, math.ceil(q / 100 * n)) - 1 for q in (50, 99)]  # nearest rank
-        # one selection pass for both, in place (values is this function's own; NaN sorts last,
-        # as in torch.kthvalue, which selects one rank per pass, on a copy, 2-20x slower)
+        # one numpy selection pass for both, in place (values is this function's own; NaN sorts
+        # last, as in torch.kthvalue, which selects one rank per pass, on a copy, 2-20x slower)
         selected = values.cpu().numpy()
         selected.partition(ranks)
         stats["p50_" + name], stats["p99_" + name] = (float(selected[r]) for r in ranks)
