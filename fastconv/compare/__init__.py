@@ -30,7 +30,7 @@ import sys
 import torch
 
 from fastconv.compare.bounds import Precision
-from fastconv.compare.layers import check_boundary, convert_report, kernels
+from fastconv.compare.layers import LocalRuns, check_boundary, convert_report, kernels
 from fastconv.compare.match import boundaries
 from fastconv.compare.record import record_calls
 from fastconv.compare.replay import exact_and_bounds
@@ -82,15 +82,16 @@ def compare(reference, candidate, inputs, *, train=False, rtol=None, atol=None, 
         scale = bound_scale * (2 if dtype == torch.float64 else 1)  # fp64: the exact value rounds too
 
         def tolerance(value, bound):
-            return (atol or 0) + (rtol or 0) * value.abs() if custom else scale * bound
+            if custom:
+                return (atol or 0) + (rtol or 0) * value.abs()
+            return bound if scale == 1 else scale * bound  # (bound is read only)
 
-        rows, ran = [], {}  # ran: index of a failing row -> (where it first fails, its op calls)
-        for i, b in enumerate(found):
-            _progress(progress, i, len(found), b.name)
-            row, fails_at, calls = check_boundary(candidate, ref_rec, cand_rec, found, i, counterpart, exact,
-                                                  tolerance, report_names)
-            rows.append(row)
-            if row.passed is False:
+        runs = LocalRuns(candidate, ref_rec, cand_rec, found, counterpart)
+        rows, ran = [None] * len(found), {}  # ran: index of a failing row -> (where it first fails, its op calls)
+        for done, i in enumerate(reversed(range(len(found)))):  # inner layers first: the outer reuse their runs
+            _progress(progress, done, len(found), found[i].name)
+            rows[i], fails_at, calls = check_boundary(runs, i, exact, tolerance, report_names)
+            if rows[i].passed is False:
                 ran[i] = fails_at, calls
         _progress(progress, len(found), len(found), "")
     # the first failure: where the reference's forward first computes a value that fails

@@ -1,5 +1,6 @@
 """Checking one boundary: the candidate's layer run on the reference's inputs to it, its
 errors against the exact values and the reference's, its tolerance, and what it ran."""
+import bisect
 import collections
 import dataclasses
 import functools
@@ -9,15 +10,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from fastconv.compare.record import Ref
 from fastconv.compare.report import Row, error_stats
 
 
-def check_boundary(candidate, ref_rec, cand_rec, found, i, counterpart, exact, tolerance, report_names):
+def check_boundary(runs, i, exact, tolerance, report_names):
     """(Row, where in the reference's forward it first fails or None, the fastconv op calls of
-    the candidate's layer) of boundary found[i]; exact: replay.exact_and_bounds's result,
-    tolerance(exact value, bound) -> tolerance tensor."""
-    b = found[i]
-    local, calls = _run_local(candidate, ref_rec, cand_rec, found, b, counterpart)
+    the candidate's layer) of boundary i; runs: the LocalRuns, which have run every boundary
+    nested in it already; exact: replay.exact_and_bounds's result, tolerance(exact value,
+    bound) -> tolerance tensor."""
+    b, ref_rec, cand_rec = runs.found[i], runs.ref_rec, runs.cand_rec
+    local, calls = runs.run(i)
     ops = [name for name, _, _ in calls]
     checks = []  # (output, own error, tolerance, exact value)
     total_err, total_ref, eager_ratios = [], [], []
@@ -48,8 +51,8 @@ def check_boundary(candidate, ref_rec, cand_rec, found, i, counterpart, exact, t
 
 def _worst_ratio(err, tol):
     """(max of err / tol, index of that element); NaN counts as infinite."""
-    ratio = torch.where(err == 0, torch.zeros_like(err), err / tol)
-    ratio = torch.nan_to_num(ratio, nan=float("inf"), posinf=float("inf"))
+    ratio = (err / tol).masked_fill_(err == 0, 0)
+    ratio.nan_to_num_(nan=float("inf"), posinf=float("inf"))
     at = int(ratio.argmax()) if ratio.numel() else 0
     return (ratio[at].item() if ratio.numel() else 0.0), at
 
@@ -68,61 +71,109 @@ class _FastconvOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _run_local(candidate, ref_rec, cand_rec, found, b, counterpart):
-    """The candidate's layer run on the reference's inputs to it: ({position: value}, the
-    fastconv op calls it made), or (None, []) if an input has no counterpart. Boundaries
-    nested in it give the reference's values, as in the replay (fastconv.compare.replay),
-    and the inputs its own code passes them are read."""
-    if any(k not in counterpart for k in b.cand.inputs()):
-        return None, []
-    module = candidate.get_submodule(b.cand.path)
-    args, kwargs = cand_rec.rebuild(b.cand, lambda k: ref_rec.values[counterpart[k]].clone())
-    inner = {(x.cand.path, x.cand.index): x for x in found if x.cand.inside(b.cand)}
-    by_ref = {id(x.ref): x for x in found}
-    reads = collections.defaultdict(list)  # (path, index) of a nested call -> [(input, position)]
-    for o in b.outputs:
-        if not isinstance(o.position, int):
-            child = by_ref[id(o.where[1])]
-            reads[(child.cand.path, child.cand.index)].append((o.where[2], o.position))
-    first = {}  # path -> index of its first call inside this one
-    for c in cand_rec.calls:
-        if c.inside(b.cand):
+class LocalRuns:
+    """The candidate's layers, each run on the reference's inputs to it.
+
+    Boundaries nested in a layer give the reference's values, as in the replay
+    (fastconv.compare.replay), and the inputs the layer's own code passes them are read. A
+    nested boundary that has been run already (run() goes from the innermost boundaries out)
+    is not computed again: its call returns the reference's values and counts its fastconv op
+    calls, so each layer's work runs once, not once per boundary around it."""
+
+    def __init__(self, candidate, ref_rec, cand_rec, found, counterpart):
+        self.ref_rec, self.cand_rec, self.found, self.counterpart = ref_rec, cand_rec, found, counterpart
+        self.modules = dict(candidate.named_modules())
+        self.index = {(b.cand.path, b.cand.index): j for j, b in enumerate(found)}
+        self.by_ref = {id(b.ref): b for b in found}
+        # boundaries whose every tensor output has the reference's value to stand for it
+        self.complete = {j for j, b in enumerate(found) if sum(isinstance(leaf, Ref) for leaf in b.cand.outputs)
+                         == sum(isinstance(o.position, int) for o in b.outputs)}
+        self.starts = [c.start for c in cand_rec.calls]  # the calls are in start order
+        self.done = {}  # boundary index -> the fastconv op calls of its run, for those that ran
+
+    def run(self, i):
+        """({position: value}, the fastconv op calls) of boundary i's candidate layer, or
+        (None, []) if one of its inputs has no counterpart."""
+        b, ref_values = self.found[i], self.ref_rec.values
+        if any(k not in self.counterpart for k in b.cand.inputs()):
+            return None, []
+        module = self.modules[b.cand.path]
+        args, kwargs = self.cand_rec.rebuild(b.cand, lambda k: ref_values[self.counterpart[k]].clone())
+        inside = self.cand_rec.calls[bisect.bisect_right(self.starts, b.cand.start):
+                                     bisect.bisect_left(self.starts, b.cand.end)]
+        inner = {}  # (path, index) of a nested boundary's call -> its boundary
+        first = {}  # path -> index of its first call inside this one
+        for c in inside:
             first.setdefault(c.path, c.index)
-    counts, running, values = collections.Counter(), collections.defaultdict(list), {}
+            j = self.index.get((c.path, c.index))
+            if j is not None:
+                inner[(c.path, c.index)] = j
+        reads = collections.defaultdict(list)  # (path, index) of a nested call -> [(input, position)]
+        for o in b.outputs:
+            if not isinstance(o.position, int):
+                child = self.by_ref[id(o.where[1])]
+                reads[(child.cand.path, child.cand.index)].append((o.where[2], o.position))
+        counts, running, values = collections.Counter(), collections.defaultdict(list), {}
 
-    def enter(path, m, args, kwargs):
-        index = first.get(path, 0) + counts[path]
-        counts[path] += 1
-        running[path].append(index)
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        for j, position in reads.get((path, index), ()):
-            values[position] = tensors[j].clone()
+        def enter(path, m, args, kwargs):
+            index = first.get(path, 0) + counts[path]
+            counts[path] += 1
+            running[path].append(index)
+            tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            for j, position in reads.get((path, index), ()):
+                values[position] = tensors[j].clone()
 
-    def leave(path, m, args, kwargs, output):
-        nested = inner.get((path, running[path].pop()))
-        if nested is None:
-            return None
-        leaves, spec = tree_flatten(output)
-        tensors = [n for n, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
-        for o in nested.outputs:
-            if isinstance(o.position, int):
-                leaves[tensors[o.position]] = ref_rec.values[o.ref].clone()
-        return tree_unflatten(leaves, spec)
+        def forward(path, original, *args, **kwargs):
+            j = inner.get((path, running[path][-1]))
+            if j is None or not self._reusable(j):
+                return original(*args, **kwargs)
+            ops.calls.extend(self.done[j])
+            return self._reference_outputs(self.found[j])
 
-    hooks, watched = [], {path for path, _ in inner}
-    try:  # by path in the whole model: a fused layer may call a module registered elsewhere
-        for path, m in candidate.named_modules():
-            if path in watched:
+        def leave(path, m, args, kwargs, output):
+            j = inner.get((path, running[path].pop()))
+            if j is None or self._reusable(j):
+                return None
+            return self._reference_outputs(self.found[j], output)
+
+        hooks, patched = [], []
+        try:  # by path in the whole model: a fused layer may call a module registered elsewhere
+            for path in {path for path, _ in inner}:
+                m = self.modules[path]
                 hooks.append(m.register_forward_pre_hook(functools.partial(enter, path), with_kwargs=True))
                 hooks.append(m.register_forward_hook(functools.partial(leave, path), with_kwargs=True))
-        with torch.no_grad(), _FastconvOps() as ops:
-            out = module(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-    values.update({o.position: outs[o.position] for o in b.outputs if isinstance(o.position, int)})
-    return values, ops.calls
+                patched.append((m, m.__dict__.get("forward")))
+                m.forward = functools.partial(forward, path, m.forward)
+            with torch.no_grad(), _FastconvOps() as ops:
+                out = module(*args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, own in patched:  # an instance's own forward (patched by its user) stays
+                if own is None:
+                    del m.forward
+                else:
+                    m.forward = own
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        values.update({o.position: outs[o.position] for o in b.outputs if isinstance(o.position, int)})
+        self.done[i] = ops.calls
+        return values, ops.calls
+
+    def _reusable(self, j):
+        """Boundary j's call need not be computed inside another: it ran, and the reference
+        has a value for each tensor it returns."""
+        return j in self.done and j in self.complete
+
+    def _reference_outputs(self, nested, output=None):
+        """The outputs of a nested boundary's call (`output`, or as recorded where it was not
+        computed), each matched tensor replaced by the reference's value (a copy: the
+        enclosing layer may write into it)."""
+        leaves, spec = (list(nested.cand.outputs), nested.cand.out_spec) if output is None else tree_flatten(output)
+        tensors = [n for n, leaf in enumerate(leaves) if isinstance(leaf, (torch.Tensor, Ref))]
+        for o in nested.outputs:
+            if isinstance(o.position, int):
+                leaves[tensors[o.position]] = self.ref_rec.values[o.ref].clone()
+        return tree_unflatten(leaves, spec)
 
 
 def kernels(calls):

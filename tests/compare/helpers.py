@@ -2,8 +2,8 @@
 
 Every reference has random weights at their default scales and BatchNorm statistics measured
 on random inputs (fastconv.reference.calibrate_batchnorm), so each layer's output depends on
-its input and a wrong layer shows. Conversions are cached (they take seconds): tests break a
-deep copy."""
+its input and a wrong layer shows. Each model is built, calibrated and converted once per
+process (seconds); every test gets its own copies, to break as it likes."""
 import copy
 import functools
 
@@ -47,9 +47,11 @@ def _build(name):
     return torchvision.models.get_model(name, weights=None, **({"init_weights": True} if name == "googlenet" else {}))
 
 
-# (input shape): GoogLeNet's and the timm model's BN see 2 images; ResNet-50 runs at batch 1.
-SHAPES = {"tiny": (2, 3, 15, 15), "googlenet": (2, 3, 64, 64), "resnet50": (1, 3, 64, 64),
-          "timm:resnet26d": (2, 3, 64, 64), "timm:efficientnet_b0": (2, 3, 64, 64), "resnet18": (2, 3, 32, 32)}
+# The input: the smallest that runs every layer, 32x32 for the ImageNet models (their stride is
+# 32: the last stage sees 1x1). BN statistics are measured on 2 images of that size; the train
+# step (resnet18, BN on batch statistics, 1x1 in its last stage) needs 2 images too.
+SHAPES = {"tiny": (2, 3, 15, 15), "googlenet": (1, 3, 32, 32), "resnet50": (1, 3, 32, 32),
+          "timm:resnet26d": (1, 3, 32, 32), "timm:efficientnet_b0": (1, 3, 32, 32), "resnet18": (2, 3, 32, 32)}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,6 @@
-"""python -m fastconv.compare: every flag works or is refused with a message naming it."""
+"""python -m fastconv.compare: every flag works or is refused with a message naming it.
+Everyday (make test): the refusals; the runs (a model converted and compared, each) are marked
+`check` (make check)."""
 import json
 
 import pytest
@@ -36,6 +38,7 @@ def test_refused_with_the_flag_named(capsys, argv, flag):
     refused(capsys, argv, flag)
 
 
+@pytest.mark.check
 def test_run_save_and_compare_runs(capsys, tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     assert main(SMALL + ["--json", str(a)]) == 0
@@ -52,6 +55,7 @@ def test_run_save_and_compare_runs(capsys, tmp_path):
     assert out.startswith("A: ResNet fp32") and "B: ResNet bf16" in out
 
 
+@pytest.mark.check
 def test_train_step_and_triton_backend(capsys):
     """The Triton backend through its interpreter (conftest sets TRITON_INTERPRET=1 on a CPU)."""
     assert main(["--model", "torchvision:resnet18", "--input", "2x3x16x16", "--dtype", "fp16",

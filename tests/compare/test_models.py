@@ -1,6 +1,10 @@
-"""fastconv.compare on GoogLeNet, ResNet-50 and a timm model (converted), and on
+"""fastconv.compare on GoogLeNet, ResNet-50 and timm models (converted), and on
 fastconv.models against torchvision: unbroken, every layer passes at every dtype; one broken
-fused layer, or a precision bug in one, is named as the first failing layer."""
+fused layer, or a precision bug in one, is named as the first failing layer.
+
+Everyday (make test): ResNet-50 unbroken in bf16 and with a broken fused layer in fp32. The
+rest is marked `check` (make check): each model at each dtype, a broken layer in each model
+and at each dtype, the precision bugs, fastconv.models, the train step."""
 import pytest
 import torch
 
@@ -16,12 +20,20 @@ from tests.compare.helpers import (
 )
 from tests.conftest import gpu
 
+check = pytest.mark.check
 MODELS = ["googlenet", "resnet50", "timm:resnet26d"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", MODELS)
+def cases(rows, everyday):
+    """pytest params of rows (tuples), each marked check but the row `everyday`."""
+    def name(row):  # the values that are not tuples, once each
+        return "-".join(dict.fromkeys(str(v).removeprefix("torch.") for v in row if not isinstance(v, tuple)))
+    return [pytest.param(*row, marks=() if row == everyday else check, id=name(row)) for row in rows]
+
+
+@pytest.mark.parametrize("name, dtype", cases([(name, dtype) for name in MODELS for dtype in DTYPES],
+                                              everyday=("resnet50", torch.bfloat16)))
 def test_converted_models_pass(name, dtype):
     ref, cand, x = converted(name, dtype)
     report = fastconv.compare(ref, cand, x)
@@ -29,6 +41,7 @@ def test_converted_models_pass(name, dtype):
     assert sum(bool(r.ops) for r in report.rows[1:]) >= 5  # layers where fastconv's ops ran
 
 
+@check
 def test_timm_bn_act_squeeze_excite_model_passes():
     """timm's BN-act layers (a fused conv calls the SiLU the BN held), squeeze-excitation gates,
     SiLU underflowing in fp32."""
@@ -37,19 +50,19 @@ def test_timm_bn_act_squeeze_excite_model_passes():
     assert report.passed, report.failure_summary()
 
 
-# (model, what breaks, the layer to be named, dtypes)
+# (model, what breaks, where, the layer to be named, dtype): each model and each dtype broken
 BROKEN = [
-    ("resnet50", "bias", ("layer1.0.conv1", "layer1.0.bn1"), "layer1.0.conv1", DTYPES),
-    ("googlenet", "bias", ("conv2.conv", "conv2.bn"), "conv2.conv", [torch.bfloat16]),
-    ("googlenet", "pool", "maxpool2", "maxpool2", [torch.float16]),
-    ("googlenet", "slice", "inception4a", "inception4a", [torch.float32]),
-    ("timm:resnet26d", "bias", ("layer2.0.conv1", "layer2.0.bn1"), "layer2.0.conv1", [torch.float32]),
-    ("timm:resnet26d", "pool", "layer3.0.downsample.0", "layer3.0.downsample.0", [torch.bfloat16]),
+    ("resnet50", "bias", ("layer1.0.conv1", "layer1.0.bn1"), "layer1.0.conv1", torch.float32),
+    ("resnet50", "bias", ("layer1.0.conv1", "layer1.0.bn1"), "layer1.0.conv1", torch.bfloat16),
+    ("googlenet", "bias", ("conv2.conv", "conv2.bn"), "conv2.conv", torch.bfloat16),
+    ("googlenet", "pool", "maxpool2", "maxpool2", torch.float16),
+    ("googlenet", "slice", "inception4a", "inception4a", torch.float32),
+    ("timm:resnet26d", "bias", ("layer2.0.conv1", "layer2.0.bn1"), "layer2.0.conv1", torch.float32),
+    ("timm:resnet26d", "pool", "layer3.0.downsample.0", "layer3.0.downsample.0", torch.bfloat16),
 ]
 
 
-@pytest.mark.parametrize("name, how, where, named, dtype",
-                         [(n, h, w, named, d) for n, h, w, named, dtypes in BROKEN for d in dtypes])
+@pytest.mark.parametrize("name, how, where, named, dtype", cases(BROKEN, everyday=BROKEN[0]))
 def test_broken_fused_layer_is_named(name, how, where, named, dtype):
     ref, cand, x = converted(name, dtype)
     if how == "bias":  # the folded bias of one output channel, 1000 ulps off
@@ -63,6 +76,7 @@ def test_broken_fused_layer_is_named(name, how, where, named, dtype):
     assert report.failing_row().kernels  # what ran there (fastconv.explain)
 
 
+@check
 def test_bn_fold_in_bf16_is_named():
     """A BN fold computed in bfloat16 instead of fp32 (fp32 model)."""
     ref, cand, x = converted("resnet50")
@@ -71,6 +85,7 @@ def test_bn_fold_in_bf16_is_named():
     assert report.first_failure == "layer1.0.conv1" and report.failing_row().ratio > 10, str(report)
 
 
+@check
 @pytest.mark.parametrize("layer", ["layer1.0.conv1", "layer3.0.conv1"])
 def test_bf16_accumulation_is_named(layer):
     """One GEMM summing in a bfloat16 accumulator instead of fp32 (bf16 model): K = 64, 512."""
@@ -80,6 +95,7 @@ def test_bf16_accumulation_is_named(layer):
     assert report.first_failure == layer, str(report)
 
 
+@check
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["googlenet", "resnet50"])
 def test_fastconv_models_against_torchvision(name, dtype):
@@ -89,12 +105,14 @@ def test_fastconv_models_against_torchvision(name, dtype):
     assert any(r.ops for r in report.rows if r.name.startswith(("inception", "layer")))
 
 
+@check
 def test_fastconv_googlenet_inception_writing_a_wrong_slice_is_named():
     ref, ours, x = rebuilt("googlenet")
     write_to_wrong_slice(ours, "inception3b", width=64)
     assert fastconv.compare(ref, ours, x).first_failure == "inception3b"
 
 
+@check
 def test_fastconv_models_train_step():
     ref, ours, x = rebuilt("resnet18")
     report = fastconv.compare(ref, ours, x, train=True)
@@ -102,6 +120,7 @@ def test_fastconv_models_train_step():
     assert len([r for r in report.rows if r.kind == "grad"]) == len(list(ref.parameters()))
 
 
+@check
 def test_limits_of_the_worst_case_bound():
     """What the README says the bound cannot see, pinned: gamma_K grows with K, so in fp32 a
     folded bias 1000 ulps off passes at K = 512 (it fails at K = 64, above); in a bf16 model a
