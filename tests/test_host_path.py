@@ -7,11 +7,11 @@ import pytest
 import torch
 import torchvision.models as tvm
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models import resnet as tv_resnet
 
 import fastconv
 from fastconv import fusion, models, reference
+from tests.convert.helpers import DispatchedOps
 
 
 class ConvBN(nn.Module):
@@ -181,23 +181,10 @@ def test_converted_and_model_folds_are_cached_and_fresh(fold_count):
             assert reference.rel_error(model(x), eager(x)) < 1e-5, type(model).__name__
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts the top-level ops an eager forward dispatches (what reaches the Python
-    dispatch mode: fastconv's custom ops count once each, their insides not at all)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _steady_state_ops(model, x):
     with torch.no_grad():
         model(x)  # the first forward folds
-        with OpCounter() as counter:
+        with DispatchedOps() as counter:
             model(x)
     return counter.ops
 
@@ -248,7 +235,7 @@ def test_direct_path_skips_the_custom_op_only_when_nothing_needs_it(monkeypatch)
     assert not calls
     out = run(x, w.requires_grad_())
     assert calls["conv1x1_relu_op"] == 1 and torch.equal(out, direct) and out.grad_fn is not None
-    with torch.no_grad(), OpCounter() as counter:
+    with torch.no_grad(), DispatchedOps() as counter:
         run(x, w)
     assert {"fastconv.conv1x1_relu", "fastconv.residual_add", "fastconv.max_pool2d_same"} <= set(counter.ops)
 

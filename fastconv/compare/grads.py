@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from fastconv._module_state import modes_and_buffers_kept
 from fastconv.compare.report import Row, error_stats
 
 
@@ -56,25 +57,19 @@ def compare_train_step(reference, candidate, inputs, precision):
 def _restored(model):
     """The model in train mode (dropout in eval), without gradients; after: its modes, buffers
     and gradients as they were."""
-    modes = {m: m.training for m in model.modules()}
-    buffers = [(b, b.clone()) for b in model.buffers()]
     grads = [(p, p.grad) for p in model.parameters()]
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.eval()
-    for p, _ in grads:
-        p.grad = None
-    try:
-        yield model
-    finally:
-        for m, training in modes.items():
-            m.training = training
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for p, grad in grads:
-            p.grad = grad
+    with modes_and_buffers_kept(model):
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.eval()
+        for p, _ in grads:
+            p.grad = None
+        try:
+            yield model
+        finally:
+            for p, grad in grads:
+                p.grad = grad
 
 
 def _rms(t):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fastconv._module_state import modes_and_buffers_kept
 from fastconv.convert.layers import is_drop
 from fastconv.convert.modules import is_fused
 
@@ -34,27 +35,22 @@ class _Tracer(fx.Tracer):
 
 def trace_mode_independent(module):
     """module traced by torch.fx if it traces to the same graph in train and eval mode, else None."""
-    modes = {m: m.training for m in module.modules()}
     # Tracing runs the forward's Python: buffers it updates in place (BN's batch counter) are real.
-    buffers = [(b, b.clone()) for b in module.buffers()]
-    try:
-        graphs = []
-        for training in (True, False):
-            module.train(training)
-            graphs.append(fx.GraphModule(module, _Tracer().trace(module), type(module).__name__))
-    except Exception:  # untraceable: data-dependent control flow, non-tensor ops on inputs, ...
-        return None
-    finally:
-        for m, training in modes.items():
-            m.training = training
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    with modes_and_buffers_kept(module) as modes:
+        try:
+            graphs = [_traced(module, training) for training in (True, False)]
+        except Exception:  # untraceable: data-dependent control flow, non-tensor ops on inputs, ...
+            return None
     if graphs[0].code != graphs[1].code:
         return None
     gm = graphs[1]
     gm.training = modes[module]
     return keep_attributes(gm, module)
+
+
+def _traced(module, training):
+    module.train(training)
+    return fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
 
 
 def keep_attributes(gm, module):
