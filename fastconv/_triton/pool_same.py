@@ -99,7 +99,9 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands, n_strips
         row = x_img + h.to(tl.int64) * sx_h
         row_ok = (h >= 0) & (h < H)
         for kw in tl.static_range(KW):
-            real = row_ok & col_ok[kw]
+            # != 0: Triton 3.9's interpreter broadcasts a scalar comparison (row_ok) as int32
+            # data, which a mask cannot be; compiled, `i1 != 0` folds away.
+            real = (row_ok & col_ok[kw]) != 0
             if IS_MAX:
                 v = tl.load(row + kw * sx_w + x_cols, mask=real, other=float("-inf"))
                 if kw == 0:
@@ -144,7 +146,7 @@ def _pool_fwd_kernel(x_ptr, out_ptr, idx_ptr, C, H, W, OH, OW, n_bands, n_strips
                 oh = oh0 + (i - KH + 1) // SH
                 if not IS_MAX:
                     acc = acc / (_real_cells(h_top + i - KH + 1, KH, H) * _real_cells(w_left, KW, W)).to(ACC)
-                out_ok = (oh < OH) & (ow < OW) & c_ok
+                out_ok = ((oh < OH) & (ow < OW) & c_ok) != 0  # != 0: as `real` above
                 out_offs = n * so_n + oh.to(tl.int64) * so_h + _tile_offsets(
                     ow.to(tl.int64), c, so_w, so_c, OUT_UNIT)
                 tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
