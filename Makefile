@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo  - creates .venv, installs fastconv, runs the demo
-#   make test  - creates .venv, installs fastconv with the test extras, runs pytest
+#   make test  - creates .venv, installs fastconv with the test extras, runs the everyday tests
+# make check runs everything CI runs (.ci/run): the lint and the whole test suite.
 # Two more for a release (see README.md, "Install"):
 #   make wheel       - dist/: the binary wheel (CUDA C++ kernels prebuilt) and the sdist
 #   make test-wheel  - installs that wheel as a user gets it and tests it (tests/test_wheel.sh)
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 # A change to any of these reinstalls (the CUDA extension is built at install time).
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*)
 
-.PHONY: demo test clean resource-usage sass wheel test-wheel static mutants
+.PHONY: demo test check lint clean resource-usage sass wheel test-wheel static mutants
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +27,17 @@ $(VENV)/.installed-test: $(BIN)/python $(SOURCES)
 demo: $(VENV)/.installed
 	$(BIN)/python -m fastconv.demo
 
+# The everyday tests: all but those marked `check` (whole networks through Triton's interpreter,
+# full-size models, opcheck/gradcheck, the op grids beyond the quick tier, the static gate with the
+# GPU machine's Triton, the GPU check's dry run), which make check adds.
 test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n auto -m "not check"
+
+check: lint $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n auto
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
 
 # The mutation run: each one-line bug of tests/mutant_list.py in a copy of the tree, and the
 # tests that must catch it; a table of caught / missed (the CUDA C++ ones need a GPU).

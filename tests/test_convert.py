@@ -49,6 +49,7 @@ def _batch_norms(model):
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.check
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_models_full_size(name):
     build, counts = TORCHVISION[name]
@@ -69,6 +70,7 @@ def test_torchvision_models_full_size(name):
     assert convs <= set(paths)
 
 
+@pytest.mark.check
 @pytest.mark.parametrize("name,size", [("resnet50", 64), ("googlenet", 64)])
 def test_torchvision_models_small_triton(name, size):
     build, _ = TORCHVISION[name]

@@ -6,6 +6,7 @@ Without SyncBatchNorm (CPU has none), DDP computes BatchNorm's batch statistics 
 and averages the gradients; rank 0's running statistics are broadcast before each forward.
 The single-process reference does exactly that: each step, the loss of each shard on the
 same model, averaged, one backward; running statistics from shard 0 only."""
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -93,6 +94,7 @@ def _single_process():
         return {"state": model.state_dict(), "losses": losses, "eval": model(_test_input())}
 
 
+@pytest.mark.check
 def test_ddp_two_processes_match_single_process(tmp_path):
     out_path = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(out_path)), nprocs=WORLD, join=True)

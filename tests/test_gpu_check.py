@@ -16,6 +16,7 @@ FILES = {"check.log", "tests.log", "host.md", "ops.md", "ops.json", "models.md",
 STEPS = ["environment", "build", "pytest quick", "sanitizer", "host", "ops", "models", "tune", "pytest deep"]
 
 
+@pytest.mark.check
 @pytest.mark.skipif(HAS_CUDA, reason="the dry run is the CPU machines' check of the script; "
                                      "a GPU runs the check itself")
 def test_dry_run_runs_every_step(tmp_path):

@@ -4,8 +4,9 @@ budgets the compiled code must meet. Each test is one budget; a failure lists th
 kernels with their op form, config, dtype, layout, epilogue and shape.
 
 Marked `static` (about 1-2 minutes of compiles on 2 cores per Triton version). The project's
-Triton runs everywhere; the GPU machine's (bench/README.md) also carries `static_gpu_triton`:
-its wheel is downloaded once with pip into $FASTCONV_CACHE (default ~/.cache/fastconv).
+Triton runs in make test; the GPU machine's (bench/README.md) carries `static_gpu_triton` and
+`check` (make check): its wheel is downloaded once with pip into $FASTCONV_CACHE (default
+~/.cache/fastconv).
 """
 import importlib
 import json
@@ -27,7 +28,8 @@ MEMORY_BOUND = ("residual_add", "relu_backward", "max_pool", "avg_pool", "max_po
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", params=["project", pytest.param(GPU_TRITON, marks=pytest.mark.static_gpu_triton)])
+@pytest.fixture(scope="module", params=[
+    "project", pytest.param(GPU_TRITON, marks=[pytest.mark.static_gpu_triton, pytest.mark.check])])
 def rows(request, tmp_path_factory):
     """The everyday table's rows, compiled with the project's Triton or the GPU machine's."""
     out = tmp_path_factory.mktemp("static")

@@ -151,6 +151,7 @@ def test_mixed_devices_error():
         fastconv.conv1x1_relu(torch.randn(1, 3, 4, 4), torch.randn(5, 3, 1, 1, device="cuda"))
 
 
+@pytest.mark.check
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_opcheck_and_gradcheck(backend):
     x = make_input((2, 5, 5, 5), torch.float64, "nhwc", requires_grad=True)

@@ -14,6 +14,7 @@ SHAPES = [(2, 3, 7, 7), (1, 17, 13, 13), (2, 5, 1, 1), (1, 3, 8, 6)]
 GEOMETRIES = [(3, 2), (3, 1), (2, 2), ((3, 2), (2, 1)), (1, 2)]
 
 
+@pytest.mark.check  # 1080 cases; make test has the quick tier's and the small-tile tests below
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -85,6 +86,7 @@ def test_errors():
             op(x, 3, 1.5)
 
 
+@pytest.mark.check
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_opcheck_and_gradcheck(backend):
     x = make_input((1, 3, 6, 5), torch.float64, "nhwc", requires_grad=True)  # one image: CI time
