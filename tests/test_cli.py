@@ -123,6 +123,7 @@ def test_outside_a_git_checkout_the_version_is_recorded_and_the_plots_drawn(tmp_
     assert (work / "out" / "run_speedup.png").stat().st_size > 0
 
 
+@pytest.mark.check
 def test_models_quick_shows_each_step_and_runs_without_eager(tmp_path):
     """`models --quick` says what it is doing, a line per step (it was silent for 41 s);
     --provider without eager (was StopIteration); GoogLeNet's twin built without

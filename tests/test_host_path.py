@@ -271,6 +271,7 @@ def _step(model, x, compile_backend=None):
     return out, grads
 
 
+@pytest.mark.check
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_compile_fullgraph_models_and_converted(mode):
     """torch.compile(fullgraph=True) of a fastconv.models ResNet and of a converted one: no

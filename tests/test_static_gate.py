@@ -3,10 +3,9 @@ on this machine with the launchers' own specialization (python -m fastconv.stati
 budgets the compiled code must meet. Each test is one budget; a failure lists the offending
 kernels with their op form, config, dtype, layout, epilogue and shape.
 
-Marked `static` (about 1-2 minutes of compiles on 2 cores per Triton version). The project's
-Triton runs in make test; the GPU machine's (bench/README.md) carries `static_gpu_triton` and
-`check` (make check): its wheel is downloaded once with pip into $FASTCONV_CACHE (default
-~/.cache/fastconv).
+Marked `static` and `check` (make check; about 1-2 minutes of compiles on 2 cores per Triton
+version). The GPU machine's Triton (bench/README.md) also carries `static_gpu_triton`: its
+wheel is downloaded once with pip into $FASTCONV_CACHE (default ~/.cache/fastconv).
 """
 import importlib
 import json
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.static
+pytestmark = [pytest.mark.static, pytest.mark.check]
 
 GPU_TRITON = "3.6.0"  # the GPU machine's Triton (bench/README.md)
 SMEM_BYTES = 232448  # shared memory an H100/H200 block may use
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", params=[
-    "project", pytest.param(GPU_TRITON, marks=[pytest.mark.static_gpu_triton, pytest.mark.check])])
+    "project", pytest.param(GPU_TRITON, marks=pytest.mark.static_gpu_triton)])
 def rows(request, tmp_path_factory):
     """The everyday table's rows, compiled with the project's Triton or the GPU machine's."""
     out = tmp_path_factory.mktemp("static")
