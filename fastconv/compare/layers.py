@@ -3,14 +3,13 @@ errors against the exact values and the reference's, its tolerance, and what it 
 import bisect
 import collections
 import dataclasses
-import functools
 import json
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from fastconv.compare.record import Ref
+from fastconv.compare.record import Ref, hooked
 from fastconv.compare.report import Row, error_stats
 
 
@@ -136,24 +135,11 @@ class LocalRuns:
                 return None
             return self._reference_outputs(self.found[j], output)
 
-        hooks, patched = [], []
-        try:  # by path in the whole model: a fused layer may call a module registered elsewhere
-            for path in {path for path, _ in inner}:
-                m = self.modules[path]
-                hooks.append(m.register_forward_pre_hook(functools.partial(enter, path), with_kwargs=True))
-                hooks.append(m.register_forward_hook(functools.partial(leave, path), with_kwargs=True))
-                patched.append((m, m.__dict__.get("forward")))
-                m.forward = functools.partial(forward, path, m.forward)
-            with torch.no_grad(), _FastconvOps() as ops:
-                out = module(*args, **kwargs)
-        finally:
-            for h in hooks:
-                h.remove()
-            for m, own in patched:  # an instance's own forward (patched by its user) stays
-                if own is None:
-                    del m.forward
-                else:
-                    m.forward = own
+        # by path in the whole model: a fused layer may call a module registered elsewhere
+        paths = {path for path, _ in inner}
+        with hooked([(path, self.modules[path]) for path in paths], enter, leave, forward, replace=paths), \
+                torch.no_grad(), _FastconvOps() as ops:
+            out = module(*args, **kwargs)
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         values.update({o.position: outs[o.position] for o in b.outputs if isinstance(o.position, int)})
         self.done[i] = ops.calls

@@ -1,6 +1,7 @@
 """Recording a model's forward: which modules ran, in what order and nesting, and on which
 tensors (by identity), with a copy of every tensor's value as it was at that moment."""
 import collections
+import contextlib
 import functools
 
 import torch
@@ -75,21 +76,37 @@ class Recording:
         return tree_unflatten(leaves, call.spec)
 
 
-def record_calls(model, inputs):
-    """Run model(*inputs) under no_grad with every named module hooked; the Recording."""
-    rec = Recording()
-    hooks = []
+@contextlib.contextmanager
+def hooked(modules, enter, leave, forward=None, replace=()):
+    """Inside: each (path, module) of `modules` calls enter(path, module, args, kwargs) before
+    its forward and leave(path, module, args, kwargs, output) after (forward hooks with kwargs:
+    a value returned replaces the arguments or the output); a module whose path is in `replace`
+    runs forward(path, its forward, *args, **kwargs) instead. After: the modules as they were
+    (an instance's own forward, set by its user, stays)."""
+    hooks, patched = [], []
     try:
-        for path, module in model.named_modules():
-            hooks.append(module.register_forward_pre_hook(functools.partial(rec._enter, path),
-                                                          with_kwargs=True))
-            hooks.append(module.register_forward_hook(functools.partial(rec._leave, path),
-                                                      with_kwargs=True))
-        rec.inputs = [rec.ref(t) for t in inputs if isinstance(t, torch.Tensor)]
-        with torch.no_grad():
-            out = model(*inputs)
-        rec.outputs = rec._leaves(out)[1]
+        for path, module in modules:
+            hooks.append(module.register_forward_pre_hook(functools.partial(enter, path), with_kwargs=True))
+            hooks.append(module.register_forward_hook(functools.partial(leave, path), with_kwargs=True))
+            if path in replace:
+                patched.append((module, module.__dict__.get("forward")))
+                module.forward = functools.partial(forward, path, module.forward)
+        yield
     finally:
         for h in hooks:
             h.remove()
+        for module, own in patched:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+
+
+def record_calls(model, inputs):
+    """Run model(*inputs) under no_grad with every named module hooked; the Recording."""
+    rec = Recording()
+    with hooked(model.named_modules(), rec._enter, rec._leave), torch.no_grad():
+        rec.inputs = [rec.ref(t) for t in inputs if isinstance(t, torch.Tensor)]
+        out = model(*inputs)
+    rec.outputs = rec._leaves(out)[1]
     return rec

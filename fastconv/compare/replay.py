@@ -12,13 +12,12 @@ So each boundary is computed exactly from the numbers the candidate's layer will
 and its bound covers the error that layer may create, not the error it inherits.
 """
 import collections
-import functools
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fastconv.compare.bounds import ErrorBound
-from fastconv.compare.record import Ref
+from fastconv.compare.record import Ref, hooked
 
 
 def exact_and_bounds(ref64, inputs64, rec, found, precision, bounds=True):
@@ -88,25 +87,8 @@ class _Replay:
         return tree_unflatten([self.forced(leaf) for leaf in call.outputs], call.out_spec)
 
     def run(self, ref64, inputs64):
-        hooks, patched = [], []
         skipped_paths = {path for path, _ in self.skipped}
-        try:
-            for path, module in ref64.named_modules():
-                hooks.append(module.register_forward_pre_hook(functools.partial(self.enter, path),
-                                                              with_kwargs=True))
-                hooks.append(module.register_forward_hook(functools.partial(self.leave, path),
-                                                          with_kwargs=True))
-                if path in skipped_paths:
-                    patched.append((module, module.__dict__.get("forward")))
-                    module.forward = functools.partial(self.forward, path, module.forward)
-            with torch.no_grad(), self.mode:
-                ref64(*inputs64)
-        finally:
-            for h in hooks:
-                h.remove()
-            for module, own in patched:  # an instance's own forward (patched by its user) stays
-                if own is None:
-                    del module.forward
-                else:
-                    module.forward = own
+        with hooked(ref64.named_modules(), self.enter, self.leave, self.forward, replace=skipped_paths), \
+                torch.no_grad(), self.mode:
+            ref64(*inputs64)
         return self.result
