@@ -74,7 +74,7 @@ fi
 tail -1 "$work/models.err"
 grep -q "pip install 'fastconv\[models\]'" "$work/models.err"
 
-step "op-level CPU tests and converter tests against the installed package"
+step "the everyday op-level and converter tests (make test's, not check) against the installed package"
 # Test modules that import torchvision (or fastconv.models) at the top need the extra: named, left out.
 tests=() left_out=()
 for f in tests/ops/test_*.py tests/convert/test_*.py tests/test_convert*.py tests/test_quick_tier.py \
@@ -86,7 +86,7 @@ for f in tests/ops/test_*.py tests/convert/test_*.py tests/test_convert*.py test
   fi
 done
 echo "left out (need fastconv[models]): ${left_out[*]:-none}"
-python -m pytest -q -p no:cacheprovider -n 2 -m "not gpu" "${tests[@]}"
+python -m pytest -q -p no:cacheprovider -n 2 -m "not gpu and not check" "${tests[@]}"
 
 step "the sdist without nvcc: builds fastconv without _C and says so"
 tar -xzf "$sdist" -C "$work"
