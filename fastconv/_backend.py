@@ -17,7 +17,6 @@ import threading
 import torch
 
 from fastconv import _tuning
-from fastconv._launcher_contract import BINARY_ADD, BINARY_ADD_RELU, BINARY_RELU_GRAD  # noqa: F401 (the ops' codes)
 from fastconv._launcher_contract import triton_interpreting as _interpreting
 
 BACKENDS = ("auto", "torch", "triton", "cuda")

@@ -48,8 +48,8 @@ def _split(x, w, b):
     return torch.cat(fastconv.conv1x1_relu_split(x, w, b, SPLIT), 1)
 
 
-def _pool_conv_ref(x, w, b):
-    return reference.conv1x1_relu(reference.max_pool2d_same(x, 3, 1), w, b)
+def _pool_conv_ref(x, w, b, relu=True):
+    return reference.conv1x1_relu(reference.max_pool2d_same(x, 3, 1), w, b, relu=relu)
 
 
 # op -> (fastconv op, float64 reference, arguments for (dtype, layout)); the pools pad
@@ -80,8 +80,7 @@ INCEPTION_OPS = {
 PRE_ACTIVATION = {
     "conv1x1_relu": lambda x, w, b, stride, relu, r: reference.conv1x1_relu(x, w, b, stride, False, r),
     "conv1x1_relu_split": lambda x, w, b: reference.conv1x1_relu(x, w, b, relu=False),
-    "pool_conv1x1_relu": lambda x, w, b: reference.conv1x1_relu(reference.max_pool2d_same(x, 3, 1), w, b,
-                                                                relu=False),
+    "pool_conv1x1_relu": lambda x, w, b: _pool_conv_ref(x, w, b, relu=False),
 }
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from fastconv import _backend, _checks, _tuning
+from fastconv._launcher_contract import BINARY_ADD, BINARY_ADD_RELU, BINARY_RELU_GRAD
 
 
 def _check(x, residual):
@@ -34,7 +35,7 @@ def _forward(x, residual, relu):
         else:  # mixed or strided inputs: the output in x's layout, still one pass
             out = torch.add(x, residual, out=_checks.empty_like_layout(x, x.shape))
         return out.relu_() if relu else out
-    op = _backend.BINARY_ADD_RELU if relu else _backend.BINARY_ADD
+    op = BINARY_ADD_RELU if relu else BINARY_ADD
     return _run_binary(x, residual, op, backend, like=x)
 
 
@@ -57,7 +58,7 @@ def relu_backward_op(grad: Tensor, out: Tensor) -> Tensor:
     if backend == "torch":
         return torch.where(out <= 0, grad.new_zeros(()), grad,
                            out=_checks.empty_like_layout(out, out.shape))
-    return _run_binary(grad, out, _backend.BINARY_RELU_GRAD, backend, like=out)
+    return _run_binary(grad, out, BINARY_RELU_GRAD, backend, like=out)
 
 
 @relu_backward_op.register_fake
