@@ -106,8 +106,10 @@ class OutcomeLog:
             outcome = "SKIPPED" if report.skipped else "ERROR"
         elif report.when == "teardown" and report.failed:
             outcome = "ERROR"
-        if report.when not in ("setup", "call"):  # teardown, or a crash: the test is over
-            self.running.pop(report.nodeid, None)
+        if outcome is None and report.when in ("setup", "call"):
+            return
+        # its outcome is written (or it is torn down): not UNFINISHED if a SIGTERM comes now
+        self.running.pop(report.nodeid, None)
         if outcome is None:
             return
         detail = ""

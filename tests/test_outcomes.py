@@ -21,7 +21,9 @@ def broken(): raise RuntimeError("fixture broke")
 def test_error(broken): pass
 @pytest.mark.skip(reason="not here")
 def test_skip(): pass
-def test_slow(): time.sleep(60)
+def test_slow():
+    open("slow_started", "w").close()
+    time.sleep(60)
 '''
 
 
@@ -34,10 +36,13 @@ def test_killed_xdist_run_names_every_outcome(tmp_path):
                              "-p", "no:cacheprovider", "-n", "2", "-q", "test_demo.py"],
                             cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:  # the four quick tests are logged while the slow one still runs
+    try:  # the four quick tests are logged while the slow one runs (its start reaches the
+        # controller soon after the worker sends it: a second's grace)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 5):
+        while time.monotonic() < deadline and not ((tmp_path / "slow_started").exists() and log.exists()
+                                                   and log.read_text().count("\n") >= 5):
             time.sleep(0.2)
+        time.sleep(1)
         os.killpg(proc.pid, signal.SIGTERM)  # as `timeout` does: the controller and its workers
         proc.wait(timeout=30)
     finally:
